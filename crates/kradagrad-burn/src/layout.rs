@@ -1,0 +1,318 @@
+//! Shape handling shared by all three optimizers (ALGORITHM.md section 2).
+//!
+//! A parameter of any rank is first viewed through its *merged* shape (small
+//! adjacent dims multiplied together), then every merged dim larger than the
+//! block size is cut into chunks. Instead of one tensor per block, blocks of
+//! equal shape are grouped into *regions*: along every dim a region takes
+//! either the run of full chunks or the remainder chunk, so a parameter has at
+//! most `2^k` regions and each region's blocks are stacked in one
+//! `[blocks, block_numel]` tensor. Every later operation (Gram matrices,
+//! factor products) is then one batched matmul per region, whatever the number
+//! of blocks.
+//!
+//! All reshapes go through tensors of rank at most 4, so the code works for any
+//! merged rank without const-generic dispatch.
+
+use burn::tensor::{backend::Backend, Tensor};
+
+/// Merges adjacent small dims of `shape` while their product stays `<= max`
+/// (ALGORITHM.md section 2, step 1). Size-1 dims disappear; `[1]` gives `[]`.
+///
+/// ```
+/// use kradagrad_burn::layout::merge_dims;
+/// assert_eq!(merge_dims(&[4, 3, 3, 3], 16), vec![12, 9]);
+/// assert_eq!(merge_dims(&[3, 4, 5], 8), vec![3, 4, 5]);
+/// assert_eq!(merge_dims(&[1], 128), Vec::<usize>::new());
+/// ```
+pub fn merge_dims(shape: &[usize], max: usize) -> Vec<usize> {
+    let mut merged = Vec::new();
+    let mut product = 1usize;
+    for &dim in shape {
+        if product.saturating_mul(dim) <= max {
+            product *= dim;
+        } else {
+            if product > 1 {
+                merged.push(product);
+            }
+            product = dim;
+        }
+    }
+    if product > 1 {
+        merged.push(product);
+    }
+    merged
+}
+
+/// A set of equally shaped blocks: along every merged dim, either the run of
+/// full chunks or the remainder chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region {
+    /// Start of the region along each merged dim.
+    pub offsets: Vec<usize>,
+    /// Number of blocks along each merged dim.
+    pub counts: Vec<usize>,
+    /// Size of one block along each merged dim (the factor sizes).
+    pub block_dims: Vec<usize>,
+}
+
+impl Region {
+    /// Number of blocks in the region.
+    pub fn num_blocks(&self) -> usize {
+        self.counts.iter().product()
+    }
+
+    /// Number of entries in one block.
+    pub fn block_numel(&self) -> usize {
+        self.block_dims.iter().product()
+    }
+
+    /// Extent of the region along merged dim `i`.
+    pub fn extent(&self, i: usize) -> usize {
+        self.counts[i] * self.block_dims[i]
+    }
+}
+
+/// How one parameter is cut into preconditioned blocks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockLayout {
+    /// The parameter's shape as given.
+    pub shape: Vec<usize>,
+    /// The shape the factors refer to (merged, or `shape` itself).
+    pub dims: Vec<usize>,
+    /// Groups of equally shaped blocks, dim 0 outermost, full chunks before
+    /// the remainder along every dim.
+    pub regions: Vec<Region>,
+}
+
+/// The pieces of one merged dim: `(offset, count, block size)`.
+fn dim_parts(dim: usize, block_size: Option<usize>) -> Vec<(usize, usize, usize)> {
+    match block_size {
+        Some(b) if dim > b => {
+            let full = dim / b;
+            let rem = dim % b;
+            let mut parts = vec![(0, full, b)];
+            if rem > 0 {
+                parts.push((full * b, 1, rem));
+            }
+            parts
+        }
+        _ => vec![(0, 1, dim)],
+    }
+}
+
+impl BlockLayout {
+    /// Builds the layout of a parameter.
+    ///
+    /// `block_size: None` means no blocking. Merging uses the block size as its
+    /// limit, so it happens only when `merge` is set and blocking is on (the
+    /// reference's `block_size = 0` means neither).
+    pub fn new(shape: &[usize], block_size: Option<usize>, merge: bool) -> Self {
+        let dims = match (merge, block_size) {
+            (true, Some(b)) => merge_dims(shape, b),
+            _ => shape.to_vec(),
+        };
+        let parts: Vec<_> = dims.iter().map(|&d| dim_parts(d, block_size)).collect();
+        let mut regions = vec![Region {
+            offsets: vec![],
+            counts: vec![],
+            block_dims: vec![],
+        }];
+        for dim_parts in &parts {
+            regions = regions
+                .into_iter()
+                .flat_map(|r| {
+                    dim_parts.iter().map(move |&(offset, count, size)| {
+                        let mut r = r.clone();
+                        r.offsets.push(offset);
+                        r.counts.push(count);
+                        r.block_dims.push(size);
+                        r
+                    })
+                })
+                .collect();
+        }
+        if dims.is_empty() {
+            regions.clear();
+        }
+        Self {
+            shape: shape.to_vec(),
+            dims,
+            regions,
+        }
+    }
+
+    /// Merged rank `k`: the number of factors per block.
+    pub fn rank(&self) -> usize {
+        self.dims.len()
+    }
+
+    /// Number of entries of the parameter.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Cuts a flattened tensor of this layout into one `[blocks, block_numel]`
+    /// tensor per region (blocks in row-major order of their block indices).
+    pub fn split<B: Backend>(&self, flat: Tensor<B, 1>) -> Vec<Tensor<B, 2>> {
+        self.regions
+            .iter()
+            .map(|region| {
+                // 1. Cut the region out, one dim at a time, through [pre, d, post] views.
+                let mut extents = self.dims.clone();
+                let mut t = flat.clone();
+                for i in 0..self.rank() {
+                    let ext = region.extent(i);
+                    if ext != extents[i] {
+                        let pre: usize = extents[..i].iter().product();
+                        let post: usize = extents[i + 1..].iter().product();
+                        t = t
+                            .reshape([pre, extents[i], post])
+                            .narrow(1, region.offsets[i], ext)
+                            .reshape([pre * ext * post]);
+                        extents[i] = ext;
+                    }
+                }
+                // 2. Move each dim's chunk index out to the batch axis.
+                let numel = region.num_blocks() * region.block_numel();
+                let mut blocks = t.reshape([1, numel]);
+                let mut batch = 1;
+                for i in 0..self.rank() {
+                    let count = region.counts[i];
+                    if count > 1 {
+                        let pre: usize = region.block_dims[..i].iter().product();
+                        let rest = numel / (batch * pre * count);
+                        blocks = blocks
+                            .reshape([batch, pre, count, rest])
+                            .swap_dims(1, 2)
+                            .reshape([batch * count, pre * rest]);
+                        batch *= count;
+                    }
+                }
+                blocks
+            })
+            .collect()
+    }
+
+    /// Inverse of [`split`](Self::split): puts the regions' blocks back into
+    /// one flattened tensor.
+    pub fn assemble<B: Backend>(&self, regions: Vec<Tensor<B, 2>>) -> Tensor<B, 1> {
+        assert_eq!(regions.len(), self.regions.len(), "one tensor per region");
+        // Undo the blocking of every region.
+        let mut flats: Vec<Option<Tensor<B, 1>>> = regions
+            .into_iter()
+            .zip(&self.regions)
+            .map(|(blocks, region)| {
+                let numel = region.num_blocks() * region.block_numel();
+                let mut batch = region.num_blocks();
+                let mut t = blocks;
+                for i in (0..self.rank()).rev() {
+                    let count = region.counts[i];
+                    if count > 1 {
+                        batch /= count;
+                        let pre: usize = region.block_dims[..i].iter().product();
+                        let rest = numel / (batch * pre * count);
+                        t = t
+                            .reshape([batch, count, pre, rest])
+                            .swap_dims(1, 2)
+                            .reshape([batch, count * pre * rest]);
+                    }
+                }
+                Some(t.reshape([numel]))
+            })
+            .collect();
+        self.join(0, 0, &mut flats)
+    }
+
+    /// Concatenates the regions whose index starts with the digits chosen so
+    /// far, along merged dim `i` (regions are numbered in mixed radix, dim 0
+    /// most significant).
+    fn join<B: Backend>(
+        &self,
+        i: usize,
+        prefix: usize,
+        flats: &mut [Option<Tensor<B, 1>>],
+    ) -> Tensor<B, 1> {
+        if i == self.rank() {
+            return flats[prefix].take().expect("each region used once");
+        }
+        let radix = self.radix(i);
+        if radix == 1 {
+            return self.join(i + 1, prefix, flats);
+        }
+        let stride: usize = (i + 1..self.rank()).map(|j| self.radix(j)).product();
+        // Extents of dims < i are those of this sub-region's own parts.
+        let first = &self.regions[prefix * radix * stride];
+        let pre: usize = (0..i).map(|j| first.extent(j)).product();
+        let post: usize = self.dims[i + 1..].iter().product();
+        let pieces: Vec<Tensor<B, 3>> = (0..radix)
+            .map(|part| {
+                let region = &self.regions[(prefix * radix + part) * stride];
+                self.join(i + 1, prefix * radix + part, flats)
+                    .reshape([pre, region.extent(i), post])
+            })
+            .collect();
+        let joined = Tensor::cat(pieces, 1);
+        let numel = pre * self.dims[i] * post;
+        joined.reshape([numel])
+    }
+
+    /// Number of parts (1 or 2) of merged dim `i`.
+    fn radix(&self, i: usize) -> usize {
+        let b = self.regions[0].block_dims[i];
+        if self.dims[i] > b && self.dims[i] % b != 0 {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// Mode-`i` unfolding of a batch of blocks: `[blocks, d_i, numel / d_i]`.
+pub fn unfold<B: Backend>(blocks: Tensor<B, 2>, block_dims: &[usize], i: usize) -> Tensor<B, 3> {
+    let n = blocks.dims()[0];
+    let pre: usize = block_dims[..i].iter().product();
+    let d = block_dims[i];
+    let post: usize = block_dims[i + 1..].iter().product();
+    if pre == 1 {
+        blocks.reshape([n, d, post])
+    } else {
+        blocks
+            .reshape([n, pre, d, post])
+            .swap_dims(1, 2)
+            .reshape([n, d, pre * post])
+    }
+}
+
+/// Inverse of [`unfold`].
+pub fn fold<B: Backend>(unfolded: Tensor<B, 3>, block_dims: &[usize], i: usize) -> Tensor<B, 2> {
+    let n = unfolded.dims()[0];
+    let pre: usize = block_dims[..i].iter().product();
+    let d = block_dims[i];
+    let post: usize = block_dims[i + 1..].iter().product();
+    if pre == 1 {
+        unfolded.reshape([n, d * post])
+    } else {
+        unfolded
+            .reshape([n, d, pre, post])
+            .swap_dims(1, 2)
+            .reshape([n, pre * d * post])
+    }
+}
+
+/// Mode-`i` Gram matrices of a batch of blocks (section 2, step 3): the block
+/// contracted with itself over every axis but `i`, `[blocks, d_i, d_i]`.
+pub fn mode_gram<B: Backend>(blocks: Tensor<B, 2>, block_dims: &[usize], i: usize) -> Tensor<B, 3> {
+    let x = unfold(blocks, block_dims, i);
+    x.clone().matmul(x.swap_dims(1, 2))
+}
+
+/// Multiplies mode `i` of every block by its (symmetric) factor
+/// `[blocks, d_i, d_i]` (section 2, step 4).
+pub fn mode_product<B: Backend>(
+    blocks: Tensor<B, 2>,
+    factor: Tensor<B, 3>,
+    block_dims: &[usize],
+    i: usize,
+) -> Tensor<B, 2> {
+    fold(factor.matmul(unfold(blocks, block_dims, i)), block_dims, i)
+}

@@ -1,0 +1,172 @@
+//! The step shared by the three optimizers: precondition (per optimizer),
+//! then graft, weight decay and momentum (ALGORITHM.md sections 3 to 6), with
+//! the non-finite gradient guard around it all.
+
+use burn::tensor::{backend::Backend, Tensor};
+
+use super::{kradagrad, kradagrad_star, shampoo, PreconditionerState};
+use crate::config::{NonFiniteGradients, Options};
+use crate::guard;
+use crate::layout::{mode_gram, mode_product, BlockLayout};
+use crate::roots::matrix_root;
+use crate::transforms::{accumulate_graft, apply_momentum, graft, WeightDecayStyle};
+
+/// Which optimizer a step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Variant {
+    /// Section 3.
+    KradagradStar,
+    /// Section 4.
+    Kradagrad,
+    /// Section 5.
+    Shampoo,
+}
+
+impl Variant {
+    /// Scale of the initial statistic (`scale * I`).
+    fn initial_scale(self, options: &Options) -> f64 {
+        match self {
+            Variant::KradagradStar => 1.0 / options.matrix_eps,
+            Variant::Kradagrad => 1.0,
+            Variant::Shampoo => options.matrix_eps,
+        }
+    }
+}
+
+/// One optimizer step for one parameter.
+pub(crate) fn step<B: Backend, const D: usize>(
+    options: &Options,
+    variant: Variant,
+    lr: f64,
+    tensor: Tensor<B, D>,
+    grad: Tensor<B, D>,
+    state: Option<PreconditionerState<B, D>>,
+) -> (Tensor<B, D>, Option<PreconditionerState<B, D>>) {
+    assert!(
+        lr.is_finite() && lr > 0.0,
+        "kradagrad-burn: the learning rate must be positive and finite, got {lr}"
+    );
+    let shape = tensor.dims().to_vec();
+    let layout = BlockLayout::new(&shape, options.block_size, options.merge_dims);
+    let non_finite = guard::non_finite(&grad);
+    if options.non_finite_gradients == NonFiniteGradients::Panic {
+        guard::panic_if_set(non_finite.clone(), &shape);
+    }
+    let stale = variant == Variant::Kradagrad;
+    let old = match state {
+        Some(state) => {
+            state.check_layout(&layout, stale);
+            state
+        }
+        None => PreconditionerState::new(&layout, variant.initial_scale(options), stale, &tensor.device()),
+    };
+
+    let mut new = old.clone();
+    let direction = match variant {
+        Variant::Kradagrad => kradagrad::precondition(options, &layout, &mut new, &grad),
+        _ => kronecker_precondition(options, variant, &layout, &mut new, &grad),
+    };
+    new.graft = accumulate_graft(options.grafting, new.graft.take(), &grad, options.beta2);
+    let mut direction = graft(options.grafting, direction, &grad, new.graft.as_ref(), options.diagonal_eps);
+    let mut param = tensor.clone();
+    if options.weight_decay != 0.0 {
+        match options.weight_decay_style {
+            WeightDecayStyle::L2AfterPreconditioning => {
+                direction = direction + tensor.clone().mul_scalar(options.weight_decay)
+            }
+            WeightDecayStyle::Decoupled => param = param - tensor.clone().mul_scalar(lr * options.weight_decay),
+        }
+    }
+    let nesterov = options.nesterov.then_some(options.nesterov_style);
+    let (update, momentum) = apply_momentum(options.momentum, nesterov, new.momentum.take(), direction);
+    new.momentum = momentum;
+    let param = param - update.mul_scalar(lr);
+
+    if options.non_finite_gradients == NonFiniteGradients::Skip {
+        let keep = |new: Tensor<B, 3>, old: &Tensor<B, 3>| guard::keep_if(&non_finite, new, old.clone());
+        let keep_buffer = |new: Option<Tensor<B, D>>, old: &Option<Tensor<B, D>>| {
+            new.map(|n| {
+                let o = old.clone().unwrap_or_else(|| n.zeros_like());
+                guard::keep_if(&non_finite, n, o)
+            })
+        };
+        for (group, old_group) in new.groups.iter_mut().zip(&old.groups) {
+            for (s, o) in group.statistics.iter_mut().zip(&old_group.statistics) {
+                *s = keep(s.clone(), o);
+            }
+            for (r, o) in group.roots.iter_mut().zip(&old_group.roots) {
+                *r = keep(r.clone(), o);
+            }
+        }
+        new.graft = keep_buffer(new.graft, &old.graft);
+        new.momentum = keep_buffer(new.momentum, &old.momentum);
+        let param = guard::keep_if(&non_finite, param, tensor);
+        return (param, Some(new));
+    }
+    (param, Some(new))
+}
+
+/// Applies every factor to every block: mode `i` multiplied by `roots[i]`.
+pub(crate) fn apply_factors<B: Backend>(
+    blocks: Tensor<B, 2>,
+    roots: &[Tensor<B, 3>],
+    block_dims: &[usize],
+    skip: Option<usize>,
+) -> Tensor<B, 2> {
+    roots
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != skip)
+        .fold(blocks, |b, (i, p)| mode_product(b, p.clone(), block_dims, i))
+}
+
+/// KrADagrad* and Shampoo (sections 3 and 5): every factor of every block is
+/// updated from the raw gradient, roots are refreshed when due, and the
+/// direction is the gradient with every mode preconditioned.
+fn kronecker_precondition<B: Backend, const D: usize>(
+    options: &Options,
+    variant: Variant,
+    layout: &BlockLayout,
+    state: &mut PreconditionerState<B, D>,
+    grad: &Tensor<B, D>,
+) -> Tensor<B, D> {
+    state.step += 1;
+    let tau = state.step;
+    let k = layout.rank();
+    if k == 0 {
+        return grad.clone();
+    }
+    let blocks = layout.split(grad.clone().reshape([layout.numel()]));
+    if tau % options.statistics_compute_steps == 0 {
+        for ((group, region), b) in state.groups.iter_mut().zip(&layout.regions).zip(&blocks) {
+            for (i, statistic) in group.statistics.iter_mut().enumerate() {
+                let gram = mode_gram(b.clone(), &region.block_dims, i);
+                *statistic = match variant {
+                    Variant::Shampoo => shampoo::update_statistic(statistic.clone(), gram, options.beta2),
+                    _ => kradagrad_star::update_statistic(statistic.clone(), gram, options.beta2),
+                };
+            }
+        }
+    }
+    if tau % options.preconditioning_compute_steps == 0 {
+        let spec = match variant {
+            Variant::Shampoo => shampoo::root_spec(k, options),
+            _ => kradagrad_star::root_spec(k),
+        };
+        for group in &mut state.groups {
+            for (root, statistic) in group.roots.iter_mut().zip(&group.statistics) {
+                *root = matrix_root(statistic.clone(), spec, options.root_method, options.newton_iterations);
+            }
+        }
+    }
+    if tau < options.start_preconditioning_step {
+        return grad.clone();
+    }
+    let preconditioned = blocks
+        .into_iter()
+        .zip(&state.groups)
+        .zip(&layout.regions)
+        .map(|((b, group), region)| apply_factors(b, &group.roots, &region.block_dims, None))
+        .collect();
+    layout.assemble(preconditioned).reshape(grad.dims())
+}

@@ -1,0 +1,121 @@
+//! KrADagrad: one factor per step, approximating full-matrix AdaGrad
+//! (ALGORITHM.md section 4).
+//!
+//! Per block and dim it keeps `S_i`, starting at `I`. On a statistics step it
+//! picks ONE dim `i` by a fixed schedule, preconditions every other mode of the
+//! gradient with the current roots, and updates `S_i` with the damped KrAD
+//! step. Roots `P = S^(1/2)` of the dims updated since the last refresh are
+//! recomputed for every block when due. No grafting by default.
+
+use burn::tensor::{backend::Backend, Tensor};
+
+use super::engine::{apply_factors, Variant};
+use super::PreconditionerState;
+use crate::config::{preconditioned_config, Options};
+use crate::krad::krad_mm_update;
+use crate::layout::{mode_gram, mode_product, BlockLayout};
+use crate::roots::{matrix_root, RootSpec};
+
+preconditioned_config! {
+    /// Configuration of [`Kradagrad`], with the library's defaults (see the
+    /// field docs). Use it like Burn's `AdamConfig`:
+    ///
+    /// ```
+    /// use kradagrad_burn::KradagradConfig;
+    /// let config = KradagradConfig::new().with_momentum(0.95);
+    /// assert!(config.validate().is_ok());
+    /// ```
+    KradagradConfig =>
+    /// The KrADagrad optimizer, a Burn [`SimpleOptimizer`](burn::optim::SimpleOptimizer).
+    Kradagrad(Variant::Kradagrad),
+    grafting = "crate::transforms::Grafting::None",
+    grafting_doc = "Grafting of the preconditioned direction. Default: none (the reference never grafts KrADagrad).",
+    {}
+    inverse_exponent_override = |_config| 0
+}
+
+/// The dim updated at step `t` for merged dims `dims` (rank `k >= 1`): round
+/// robin for the first `k^2` steps, then, after each perfect square `s^2`, the
+/// dims `0..k` once, the largest dim otherwise.
+pub fn dim_for_step(t: usize, dims: &[usize]) -> usize {
+    let k = dims.len();
+    if t < k * k {
+        return t % k;
+    }
+    let s = t.isqrt();
+    let e = t - s * s;
+    if e < k {
+        e
+    } else {
+        // First index of the largest dim.
+        let max = *dims.iter().max().expect("rank >= 1");
+        dims.iter().position(|&d| d == max).expect("max exists")
+    }
+}
+
+/// KrADagrad's preconditioned direction for one step (section 4).
+pub(crate) fn precondition<B: Backend, const D: usize>(
+    options: &Options,
+    layout: &BlockLayout,
+    state: &mut PreconditionerState<B, D>,
+    grad: &Tensor<B, D>,
+) -> Tensor<B, D> {
+    let t = state.step;
+    state.step += 1;
+    if layout.rank() == 0 {
+        return grad.clone();
+    }
+    let blocks = layout.split(grad.clone().reshape([layout.numel()]));
+    // On a statistics step: the dim, and the gradient with every other mode preconditioned.
+    let mut partial: Option<(usize, Vec<Tensor<B, 2>>)> = None;
+    if t % options.statistics_compute_steps == 0 {
+        let i = dim_for_step(t, &layout.dims);
+        let tilde: Vec<_> = blocks
+            .iter()
+            .zip(&state.groups)
+            .zip(&layout.regions)
+            .map(|((b, group), region)| apply_factors(b.clone(), &group.roots, &region.block_dims, Some(i)))
+            .collect();
+        for ((group, region), gt) in state.groups.iter_mut().zip(&layout.regions).zip(&tilde) {
+            let m = mode_gram(gt.clone(), &region.block_dims, i);
+            let s = &group.statistics[i];
+            let s = if options.beta2 < 1.0 { s.clone().div_scalar(options.beta2) } else { s.clone() };
+            group.statistics[i] = krad_mm_update(s, m, options.matrix_eps);
+        }
+        state.stale_dims[i] = true;
+        partial = Some((i, tilde));
+    }
+    if t % options.preconditioning_compute_steps == 0 {
+        for (j, stale) in state.stale_dims.iter_mut().enumerate() {
+            if *stale {
+                for group in &mut state.groups {
+                    group.roots[j] = matrix_root(
+                        group.statistics[j].clone(),
+                        RootSpec::positive(2),
+                        options.root_method,
+                        options.newton_iterations,
+                    );
+                }
+                *stale = false;
+            }
+        }
+    }
+    let preconditioned = t >= options.start_preconditioning_step;
+    let out: Vec<_> = match (partial, preconditioned) {
+        (None, false) => return grad.clone(),
+        (Some((_, tilde)), false) => tilde,
+        (Some((i, tilde)), true) => tilde
+            .into_iter()
+            .zip(&state.groups)
+            .zip(&layout.regions)
+            .map(|((gt, group), region)| mode_product(gt, group.roots[i].clone(), &region.block_dims, i))
+            .collect(),
+        (None, true) => blocks
+            .into_iter()
+            .zip(&state.groups)
+            .zip(&layout.regions)
+            .map(|((b, group), region)| apply_factors(b, &group.roots, &region.block_dims, None))
+            .collect(),
+    };
+    layout.assemble(out).reshape(grad.dims())
+}

@@ -1,0 +1,123 @@
+//! Optimizer state shared by the three optimizers: a Burn `Record`.
+
+use burn::record::Record;
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::layout::BlockLayout;
+use crate::roots::batch_identity;
+
+/// The factors of one region of equally shaped blocks (see [`crate::layout`]):
+/// for every merged dim `i`, a `[blocks, d_i, d_i]` batch.
+#[derive(Record, Clone, Debug)]
+pub struct FactorGroup<B: Backend> {
+    /// The statistic per dim: `S_i` (inverse statistic, KrAD) or `L_i` (Shampoo).
+    pub statistics: Vec<Tensor<B, 3>>,
+    /// The preconditioner per dim, last computed from `statistics`.
+    pub roots: Vec<Tensor<B, 3>>,
+}
+
+/// State of one parameter, for all three optimizers.
+#[derive(Record, Clone, Debug)]
+pub struct PreconditionerState<B: Backend, const D: usize> {
+    /// Step counter: `tau` of KrADagrad* and Shampoo (counted from 1, incremented
+    /// before use), `t` of KrADagrad (counted from 0, incremented after the step).
+    pub step: usize,
+    /// One factor group per region of the parameter's [`BlockLayout`].
+    pub groups: Vec<FactorGroup<B>>,
+    /// KrADagrad only: the dims whose statistic changed since their roots were
+    /// last computed (empty for the other optimizers).
+    pub stale_dims: Vec<bool>,
+    /// Graft accumulator (AdaGrad's `a` or Adam's `v`), if the grafting has one.
+    pub graft: Option<Tensor<B, D>>,
+    /// Momentum buffer, if momentum is on.
+    pub momentum: Option<Tensor<B, D>>,
+}
+
+impl<B: Backend, const D: usize> PreconditionerState<B, D> {
+    /// A fresh state: statistics `scale * I`, roots `I`, no buffers.
+    pub(crate) fn new(layout: &BlockLayout, scale: f64, stale: bool, device: &B::Device) -> Self {
+        let groups = layout
+            .regions
+            .iter()
+            .map(|region| {
+                let n = region.num_blocks();
+                let eyes: Vec<_> = region
+                    .block_dims
+                    .iter()
+                    .map(|&d| batch_identity::<B>(n, d, device))
+                    .collect();
+                FactorGroup {
+                    statistics: eyes.iter().map(|e| e.clone().mul_scalar(scale)).collect(),
+                    roots: eyes.into_iter().collect(),
+                }
+            })
+            .collect();
+        Self {
+            step: 0,
+            groups,
+            stale_dims: if stale { vec![false; layout.rank()] } else { vec![] },
+            graft: None,
+            momentum: None,
+        }
+    }
+
+    /// Panics with a clear message when the state (e.g. loaded from a
+    /// checkpoint) does not fit the parameter's layout.
+    pub(crate) fn check_layout(&self, layout: &BlockLayout, stale: bool) {
+        let mismatch = |what: String| -> ! {
+            panic!(
+                "kradagrad-burn: the optimizer state does not match the parameter of shape {:?} \
+                 (merged dims {:?}): {what}. Was it saved with another parameter or another \
+                 block_size/merge_dims?",
+                layout.shape, layout.dims
+            )
+        };
+        if self.groups.len() != layout.regions.len() {
+            mismatch(format!(
+                "{} factor groups stored, {} expected",
+                self.groups.len(),
+                layout.regions.len()
+            ));
+        }
+        for (group, region) in self.groups.iter().zip(&layout.regions) {
+            if group.statistics.len() != layout.rank() || group.roots.len() != layout.rank() {
+                mismatch(format!("factors for rank {} stored, rank {} expected", group.statistics.len(), layout.rank()));
+            }
+            for (i, &d) in region.block_dims.iter().enumerate() {
+                let expected = [region.num_blocks(), d, d];
+                for t in [&group.statistics[i], &group.roots[i]] {
+                    if t.dims() != expected {
+                        mismatch(format!("a factor of shape {:?} stored, {:?} expected", t.dims(), expected));
+                    }
+                }
+            }
+        }
+        if stale && self.stale_dims.len() != layout.rank() {
+            mismatch(format!("{} stale-dim flags stored, {} expected", self.stale_dims.len(), layout.rank()));
+        }
+        for buffer in [&self.graft, &self.momentum].into_iter().flatten() {
+            if buffer.dims().to_vec() != layout.shape {
+                mismatch(format!("a buffer of shape {:?} stored", buffer.dims()));
+            }
+        }
+    }
+
+    /// Moves every tensor to `device`.
+    pub fn to_device(self, device: &B::Device) -> Self {
+        let mv3 = |t: Tensor<B, 3>| t.to_device(device);
+        Self {
+            step: self.step,
+            groups: self
+                .groups
+                .into_iter()
+                .map(|g| FactorGroup {
+                    statistics: g.statistics.into_iter().map(mv3).collect(),
+                    roots: g.roots.into_iter().map(mv3).collect(),
+                })
+                .collect(),
+            stale_dims: self.stale_dims,
+            graft: self.graft.map(|t| t.to_device(device)),
+            momentum: self.momentum.map(|t| t.to_device(device)),
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Matrix p-th roots and inverse p-th roots of batches of SPD matrices
+//! (ALGORITHM.md section 7).
+//!
+//! The default method runs coupled Newton iterations (Guo and Higham 2006) on
+//! the device with matmuls only, in the backend's float type, and decides when
+//! to stop on the device: nothing is read back to the host. With the `eigh`
+//! feature, roots can also be taken by a host eigendecomposition (nalgebra),
+//! which reproduces the reference implementation's numerics.
+
+use burn::config::Config;
+use burn::tensor::{backend::Backend, Bool, Tensor};
+
+use crate::krad::symmetrize;
+
+/// How the optimizers compute matrix roots.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum RootMethod {
+    /// Coupled Newton iterations on the device, in the backend's float type
+    /// (matmuls only, no host synchronisation). The default.
+    Newton,
+    /// Host eigendecomposition in the parameter's precision (f32 for f32
+    /// backends), as the reference implementation and the paper do. Needs the
+    /// `eigh` Cargo feature; reads the statistics back to the host.
+    Eigh,
+    /// Host eigendecomposition in f64 whatever the backend's precision. Needs
+    /// the `eigh` Cargo feature; reads the statistics back to the host.
+    EighF64,
+}
+
+/// Which matrix function a root computation evaluates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RootSpec {
+    /// The root's order `p` (`A^(1/p)` or `A^(-1/p)`), at least 1.
+    pub order: u32,
+    /// `true` for the inverse root `A^(-1/p)`.
+    pub inverse: bool,
+    /// Added to the diagonal before the root (the reference's `1e-8` for KrAD).
+    pub shift: f64,
+    /// Eigenvalues are clamped below at this value by the eigendecomposition
+    /// method (0 for KrAD, `matrix_eps` for Shampoo). The Newton method has no
+    /// eigenvalues to clamp; the optimizers only pass it matrices that are
+    /// already bounded below (Shampoo's `L >= eps I`).
+    pub floor: f64,
+}
+
+impl RootSpec {
+    /// KrAD's positive root `(S + 1e-8 I)^(1/p)`.
+    pub fn positive(order: u32) -> Self {
+        Self {
+            order,
+            inverse: false,
+            shift: 1e-8,
+            floor: 0.0,
+        }
+    }
+
+    /// Shampoo's inverse root `L^(-1/p)` with eigenvalues clamped below at `floor`.
+    pub fn inverse(order: u32, floor: f64) -> Self {
+        Self {
+            order,
+            inverse: true,
+            shift: 0.0,
+            floor,
+        }
+    }
+}
+
+/// Computes the root described by `spec` of every matrix in `a` (`[n, d, d]`,
+/// symmetric positive definite).
+///
+/// `max_iterations` bounds the Newton iterations (ignored by the
+/// eigendecomposition methods).
+pub fn matrix_root<B: Backend>(
+    a: Tensor<B, 3>,
+    spec: RootSpec,
+    method: RootMethod,
+    max_iterations: usize,
+) -> Tensor<B, 3> {
+    match method {
+        RootMethod::Newton => newton_root(a, spec, max_iterations),
+        RootMethod::Eigh | RootMethod::EighF64 => eigh_root(a, spec, method == RootMethod::EighF64),
+    }
+}
+
+/// A batch of identity matrices `[n, d, d]`.
+pub fn batch_identity<B: Backend>(n: usize, d: usize, device: &B::Device) -> Tensor<B, 3> {
+    Tensor::<B, 2>::eye(d, device).unsqueeze::<3>().repeat_dim(0, n)
+}
+
+/// `t^e` by repeated squaring (`e >= 0`; `t^0` is the identity).
+fn matrix_power<B: Backend>(t: Tensor<B, 3>, e: u32) -> Tensor<B, 3> {
+    let [n, d, _] = t.dims();
+    let mut result: Option<Tensor<B, 3>> = None;
+    let mut base = t;
+    let mut e = e;
+    while e > 0 {
+        if e & 1 == 1 {
+            result = Some(match result {
+                None => base.clone(),
+                Some(r) => r.matmul(base.clone()),
+            });
+        }
+        e >>= 1;
+        if e > 0 {
+            base = base.clone().matmul(base);
+        }
+    }
+    result.unwrap_or_else(|| batch_identity(n, d, &base.device()))
+}
+
+/// Coupled Newton iteration for `A^(-1/p)` or `A^(1/p)`.
+///
+/// With `M_0 = z A` (`z = (p+1) / (2 ||A||_F)`, so every eigenvalue of `M_0`
+/// lies in `(0, (p+1)/2]`) and `T_k = ((p+1) I - M_k) / p`:
+/// `M_{k+1} = T_k^p M_k -> I` and, for the inverse root,
+/// `X_{k+1} = X_k T_k -> A^(-1/p)` from `X_0 = z^(1/p) I`. For the positive root
+/// the iterate `Y_k = A X_k^(p-1)` obeys `Y_{k+1} = Y_k T_k^(p-1) -> A^(1/p)` from
+/// `Y_0 = z^((p-1)/p) A`, still inversion-free.
+///
+/// Each iterate is symmetrised. Stopping is decided per matrix on the device:
+/// a matrix is frozen at its last iterate once `||M - I||_F` grows by more
+/// than 20% (the fp32 round-off floor was reached, section 7) or falls below
+/// the precision's round-off level.
+fn newton_root<B: Backend>(a: Tensor<B, 3>, spec: RootSpec, max_iterations: usize) -> Tensor<B, 3> {
+    let [n, d, _] = a.dims();
+    let device = a.device();
+    let p = spec.order.max(1);
+    let pf = p as f64;
+    let identity = batch_identity::<B>(n, d, &device);
+    let a = if spec.shift != 0.0 {
+        symmetrize(a) + identity.clone().mul_scalar(spec.shift)
+    } else {
+        symmetrize(a)
+    };
+    // Guard against an all-zero matrix (z would be infinite): its root is 0
+    // (positive) and undefined (inverse); the optimizers never pass one.
+    let norm = crate::krad::frobenius_norm(a.clone()).clamp_min(f64::MIN_POSITIVE.sqrt());
+    let z = norm.recip().mul_scalar((pf + 1.0) / 2.0); // [n, 1, 1]
+    let mut m = a.clone() * z.clone();
+    let mut x = if spec.inverse {
+        identity.clone() * z.powf_scalar(1.0 / pf)
+    } else {
+        a * z.powf_scalar((pf - 1.0) / pf)
+    };
+    let tolerance = round_off(&m) * (d as f64).sqrt();
+    let mut error = crate::krad::frobenius_norm(m.clone() - identity.clone());
+    let mut frozen: Tensor<B, 3, Bool> = error.clone().lower_equal_elem(tolerance);
+    for _ in 0..max_iterations {
+        let t = (identity.clone().mul_scalar(pf + 1.0) - m.clone()).div_scalar(pf);
+        let t_pm1 = matrix_power(t.clone(), p - 1);
+        let x_next = if spec.inverse {
+            x.clone().matmul(t.clone())
+        } else {
+            x.clone().matmul(t_pm1.clone())
+        };
+        let m_next = symmetrize(t_pm1.matmul(t).matmul(m.clone()));
+        let x_next = symmetrize(x_next);
+        let error_next = crate::krad::frobenius_norm(m_next.clone() - identity.clone());
+        // Freeze a matrix whose residual grows: it is past its round-off floor.
+        let diverging = error_next.clone().greater(error.clone().mul_scalar(1.2));
+        frozen = frozen.bool_or(diverging);
+        let keep = frozen.clone().expand([n, d, d]);
+        x = x_next.mask_where(keep.clone(), x);
+        m = m_next.mask_where(keep, m);
+        error = error_next.mask_where(frozen.clone(), error);
+        frozen = frozen.bool_or(error.clone().lower_equal_elem(tolerance));
+    }
+    x
+}
+
+/// Unit round-off of the tensor's float type.
+fn round_off<B: Backend>(t: &Tensor<B, 3>) -> f64 {
+    use burn::tensor::DType;
+    match t.dtype() {
+        DType::F64 => f64::EPSILON,
+        DType::F16 | DType::BF16 => 1e-3,
+        _ => f32::EPSILON as f64,
+    }
+}
+
+#[cfg(feature = "eigh")]
+#[allow(clippy::disallowed_methods)] // The host method reads the matrices back by design.
+fn eigh_root<B: Backend>(a: Tensor<B, 3>, spec: RootSpec, force_f64: bool) -> Tensor<B, 3> {
+    use burn::tensor::{DType, TensorData};
+    let [n, d, _] = a.dims();
+    let device = a.device();
+    let in_f64 = force_f64 || a.dtype() == DType::F64;
+    let data = a.into_data();
+    let exponent = if spec.inverse { -1.0 / spec.order as f64 } else { 1.0 / spec.order as f64 };
+    let values: Vec<f64> = if in_f64 {
+        let flat = data.convert::<f64>().to_vec::<f64>().expect("f64 data");
+        flat.chunks(d * d)
+            .flat_map(|m| eigh_one::<f64>(m, d, spec, exponent))
+            .collect()
+    } else {
+        let flat = data.convert::<f32>().to_vec::<f32>().expect("f32 data");
+        flat.chunks(d * d)
+            .flat_map(|m| eigh_one::<f32>(m, d, spec, exponent))
+            .map(|v| v as f64)
+            .collect()
+    };
+    let data = TensorData::new(values, [n, d, d]).convert::<B::FloatElem>();
+    Tensor::from_data(data, &device)
+}
+
+/// Root of one matrix by eigendecomposition in precision `T`: eigenvalues of
+/// `A + shift I`, clamped below at `floor`, raised to `exponent`.
+#[cfg(feature = "eigh")]
+fn eigh_one<T>(m: &[T], d: usize, spec: RootSpec, exponent: f64) -> Vec<T>
+where
+    T: nalgebra::RealField + Copy,
+{
+    use nalgebra::DMatrix;
+    let mut a = DMatrix::<T>::from_row_slice(d, d, m);
+    a = (a.clone() + a.transpose()) * nalgebra::convert::<f64, T>(0.5);
+    for i in 0..d {
+        a[(i, i)] += nalgebra::convert::<f64, T>(spec.shift);
+    }
+    let eig = a.symmetric_eigen();
+    let floor = nalgebra::convert::<f64, T>(spec.floor);
+    let powered = eig.eigenvalues.map(|e| {
+        let e = if e < floor { floor } else { e };
+        if e <= T::zero() {
+            T::zero()
+        } else {
+            e.powf(nalgebra::convert::<f64, T>(exponent))
+        }
+    });
+    let v = &eig.eigenvectors;
+    let r = v * DMatrix::from_diagonal(&powered) * v.transpose();
+    // Row-major out.
+    let mut out = Vec::with_capacity(d * d);
+    for i in 0..d {
+        for j in 0..d {
+            out.push(r[(i, j)]);
+        }
+    }
+    out
+}
+
+#[cfg(not(feature = "eigh"))]
+fn eigh_root<B: Backend>(_a: Tensor<B, 3>, _spec: RootSpec, _force_f64: bool) -> Tensor<B, 3> {
+    panic!("root_method: the eigendecomposition methods need the `eigh` Cargo feature of kradagrad-burn")
+}

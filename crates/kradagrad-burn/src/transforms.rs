@@ -1,0 +1,131 @@
+//! Small gradient transformations shared by all three optimizers, in the
+//! spirit of optax: grafting, weight decay and momentum (ALGORITHM.md
+//! sections 3 and 6). Each is a plain function of tensors and its own state.
+
+use burn::config::Config;
+use burn::tensor::{backend::Backend, Tensor};
+
+/// Whose step size the preconditioned direction borrows (layer-wise grafting).
+///
+/// The direction `D` is rescaled to the Frobenius norm of the graft direction:
+/// `D * ||graft|| / (||D|| + 1e-16)`.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Grafting {
+    /// No rescaling: the preconditioned direction is used as it is.
+    None,
+    /// Rescale to the norm of the raw gradient (SGD's step size).
+    SgdNorm,
+    /// Rescale to the norm of AdaGrad's direction `G / (sqrt(a) + diagonal_eps)`,
+    /// `a += G*G`.
+    AdaGrad,
+    /// Rescale to the norm of the reference's Adam-style direction
+    /// `G / (sqrt(v) + diagonal_eps)`, `v = beta2 v + G*G` (no bias correction).
+    Adam,
+}
+
+/// How the momentum buffer is turned into an update when `nesterov` is on.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum NesterovStyle {
+    /// Textbook Nesterov: `m = mu m + D`, step along `D + mu m`.
+    Textbook,
+    /// The reference implementation's recurrence `m = mu^2 m + (1 + mu) D`, step
+    /// along `m`: use it only to re-run published experiments (section 6).
+    Reference,
+}
+
+/// How weight decay enters the update.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum WeightDecayStyle {
+    /// The reference's L2 term added after preconditioning and grafting:
+    /// `D = D + wd * W`.
+    L2AfterPreconditioning,
+    /// Decoupled (AdamW-style): `W = W - lr * wd * W` before the update.
+    Decoupled,
+}
+
+/// Frobenius norm of a whole tensor, as a one-element tensor on its device.
+pub fn norm<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
+    t.square().sum().sqrt()
+}
+
+/// Broadcasts a one-element tensor to rank `D` (for elementwise products).
+pub fn scalar_as<B: Backend, const D: usize>(s: Tensor<B, 1>) -> Tensor<B, D> {
+    s.reshape([1; D])
+}
+
+/// Updates the graft accumulator (AdaGrad: `a += G*G`; Adam: `v = beta2 v + G*G`).
+/// Returns `None` for graftings without one.
+pub fn accumulate_graft<B: Backend, const D: usize>(
+    grafting: Grafting,
+    accumulator: Option<Tensor<B, D>>,
+    grad: &Tensor<B, D>,
+    beta2: f64,
+) -> Option<Tensor<B, D>> {
+    let squared = || grad.clone().square();
+    match grafting {
+        Grafting::None | Grafting::SgdNorm => None,
+        Grafting::AdaGrad => Some(match accumulator {
+            Some(a) => a + squared(),
+            None => squared(),
+        }),
+        Grafting::Adam => Some(match accumulator {
+            Some(v) => v.mul_scalar(beta2) + squared(),
+            None => squared(),
+        }),
+    }
+}
+
+/// Rescales `direction` to the norm of the graft direction (identity for
+/// [`Grafting::None`]).
+pub fn graft<B: Backend, const D: usize>(
+    grafting: Grafting,
+    direction: Tensor<B, D>,
+    grad: &Tensor<B, D>,
+    accumulator: Option<&Tensor<B, D>>,
+    diagonal_eps: f64,
+) -> Tensor<B, D> {
+    let graft_norm = match (grafting, accumulator) {
+        (Grafting::None, _) => return direction,
+        (Grafting::SgdNorm, _) => norm(grad.clone()),
+        (_, Some(acc)) => norm(grad.clone() / acc.clone().sqrt().add_scalar(diagonal_eps)),
+        (_, None) => unreachable!("AdaGrad and Adam grafting always have an accumulator"),
+    };
+    let scale = graft_norm / norm(direction.clone()).add_scalar(1e-16);
+    direction * scalar_as(scale)
+}
+
+/// Heavy-ball momentum with optional Nesterov (section 6). Returns the update
+/// to subtract (times the learning rate) and the new buffer (`None` when
+/// `momentum == 0`).
+pub fn apply_momentum<B: Backend, const D: usize>(
+    momentum: f64,
+    nesterov: Option<NesterovStyle>,
+    buffer: Option<Tensor<B, D>>,
+    direction: Tensor<B, D>,
+) -> (Tensor<B, D>, Option<Tensor<B, D>>) {
+    if momentum == 0.0 {
+        return (direction, None);
+    }
+    let decayed = |factor: f64| buffer.clone().map(|m| m.mul_scalar(factor));
+    match nesterov {
+        None => {
+            let m = add_opt(decayed(momentum), direction);
+            (m.clone(), Some(m))
+        }
+        Some(NesterovStyle::Textbook) => {
+            let m = add_opt(decayed(momentum), direction.clone());
+            (direction + m.clone().mul_scalar(momentum), Some(m))
+        }
+        Some(NesterovStyle::Reference) => {
+            let m = add_opt(decayed(momentum * momentum), direction.mul_scalar(1.0 + momentum));
+            (m.clone(), Some(m))
+        }
+    }
+}
+
+fn add_opt<B: Backend, const D: usize>(a: Option<Tensor<B, D>>, b: Tensor<B, D>) -> Tensor<B, D> {
+    match a {
+        Some(a) => a + b,
+        None => b,
+    }
+}
