@@ -1,1 +1,4 @@
-//! Examples and integration tests for kradagrad-burn.
+//! Support code for the workspace's examples and integration tests: the
+//! reference-vector replay used by `examples/replay.rs` and `tests/parity.rs`.
+
+pub mod replay;

@@ -1,0 +1,297 @@
+//! Replays reference trajectories (`reference_vectors.json`, ALGORITHM.md
+//! section 9) through the public API: config -> optimizer ->
+//! `SimpleOptimizer::step`, on `NdArray<f64>` or `NdArray<f32>`.
+
+use burn::backend::NdArray;
+use burn::optim::SimpleOptimizer;
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+use kradagrad_burn::{
+    Grafting, KradagradConfig, KradagradStarConfig, NesterovStyle, RootMethod, ShampooConfig,
+    WeightDecayStyle,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// A file of reference cases.
+#[derive(Debug, Deserialize)]
+pub struct VectorFile {
+    /// Where the vectors came from.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The cases.
+    pub cases: Vec<Case>,
+}
+
+/// One reference trajectory.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Case {
+    /// Case name.
+    pub name: String,
+    /// `kradagrad_star`, `kradagrad` or `shampoo`.
+    pub optimizer: String,
+    /// Parameter shape.
+    pub shape: Vec<usize>,
+    /// `f64` or `f32`.
+    pub dtype: String,
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum.
+    pub momentum: f64,
+    /// Reference hyper-parameters (reference names; absent = reference default).
+    #[serde(default)]
+    pub hyperparams: Map<String, Value>,
+    /// Number of steps.
+    pub steps: usize,
+    /// Initial parameter, flattened row-major.
+    pub init: Vec<f64>,
+    /// Gradient of every step.
+    pub grads: Vec<Vec<f64>>,
+    /// Parameter after every step.
+    pub params: Vec<Vec<f64>>,
+}
+
+/// The result of replaying one case.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Replayed; the error by the section 9 metric.
+    Replayed {
+        /// `max over steps of max|W - W_ref| / max|W_ref|`.
+        error: f64,
+        /// The case's tolerance (1e-6 for f64, 1e-3 for f32).
+        tolerance: f64,
+    },
+    /// The case needs something this replay does not support.
+    Unsupported(String),
+}
+
+impl Outcome {
+    /// Whether the case passed.
+    pub fn passed(&self) -> bool {
+        matches!(self, Outcome::Replayed { error, tolerance } if error <= tolerance)
+    }
+}
+
+/// The optimizer a case asks for, configured.
+enum Built {
+    Star(KradagradStarConfig),
+    Mm(KradagradConfig),
+    Shampoo(ShampooConfig),
+}
+
+/// Reads a reference hyper-parameter with the reference's default.
+fn number(h: &Map<String, Value>, key: &str, default: f64) -> Result<f64, String> {
+    match h.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .as_f64()
+            .or_else(|| v.as_bool().map(|b| b as u8 as f64))
+            .ok_or_else(|| format!("unsupported: {key}={v}")),
+    }
+}
+
+fn count(h: &Map<String, Value>, key: &str, default: usize) -> Result<usize, String> {
+    let v = number(h, key, default as f64)?;
+    if v < 0.0 || v.fract() != 0.0 {
+        return Err(format!("unsupported: {key}={v}"));
+    }
+    Ok(v as usize)
+}
+
+/// Keys of section 9; anything else makes the case unsupported.
+const KNOWN_KEYS: &[&str] = &[
+    "matrix_eps",
+    "block_size",
+    "graft_type",
+    "weight_decay",
+    "beta2",
+    "statistics_compute_steps",
+    "preconditioning_compute_steps",
+    "start_preconditioning_step",
+    "nesterov",
+    "diagonal_eps",
+    "double",
+    "inverse_exponent_override",
+];
+
+macro_rules! apply_common {
+    ($config:expr, $common:expr, $root:expr, $iterations:expr) => {{
+        let c = $common;
+        $config
+            .with_matrix_eps(c.matrix_eps)
+            .with_block_size(c.block_size)
+            .with_merge_dims(c.block_size.is_some())
+            .with_beta2(c.beta2)
+            .with_statistics_compute_steps(c.statistics_compute_steps)
+            .with_preconditioning_compute_steps(c.preconditioning_compute_steps)
+            .with_start_preconditioning_step(c.start_preconditioning_step)
+            .with_momentum(c.momentum)
+            .with_nesterov(c.nesterov)
+            .with_nesterov_style(NesterovStyle::Reference)
+            .with_weight_decay(c.weight_decay)
+            .with_weight_decay_style(WeightDecayStyle::L2AfterPreconditioning)
+            .with_diagonal_eps(c.diagonal_eps)
+            .with_root_method($root)
+            .with_newton_iterations($iterations)
+    }};
+}
+
+struct Common {
+    matrix_eps: f64,
+    block_size: Option<usize>,
+    beta2: f64,
+    statistics_compute_steps: usize,
+    preconditioning_compute_steps: usize,
+    start_preconditioning_step: usize,
+    momentum: f64,
+    nesterov: bool,
+    weight_decay: f64,
+    diagonal_eps: f64,
+}
+
+/// Root options of a replay.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplayOptions {
+    /// Root method (the reference used an eigendecomposition; the library's
+    /// default is Newton on the device).
+    pub root_method: RootMethod,
+    /// Newton iteration cap.
+    pub newton_iterations: usize,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        Self {
+            root_method: RootMethod::Newton,
+            newton_iterations: 40,
+        }
+    }
+}
+
+fn build(case: &Case, options: ReplayOptions) -> Result<Built, String> {
+    let h = &case.hyperparams;
+    if let Some(key) = h.keys().find(|k| !KNOWN_KEYS.contains(&k.as_str())) {
+        return Err(format!("unsupported: {key}"));
+    }
+    let block = count(h, "block_size", 128)?;
+    let graft_type = count(h, "graft_type", 1)?;
+    if graft_type > 3 {
+        return Err(format!("unsupported: graft_type={graft_type}"));
+    }
+    let double = number(h, "double", 0.0)? != 0.0;
+    if double != (case.dtype == "f64") {
+        return Err(format!("unsupported: double={double} with dtype {}", case.dtype));
+    }
+    let common = Common {
+        matrix_eps: number(h, "matrix_eps", 1e-12)?,
+        block_size: (block > 0).then_some(block),
+        beta2: number(h, "beta2", 1.0)?,
+        statistics_compute_steps: count(h, "statistics_compute_steps", 1)?,
+        preconditioning_compute_steps: count(h, "preconditioning_compute_steps", 1)?,
+        start_preconditioning_step: count(h, "start_preconditioning_step", 1)?,
+        momentum: case.momentum,
+        // The reference's Shampoo hyper-parameters default to nesterov = true.
+        nesterov: number(h, "nesterov", 1.0)? != 0.0,
+        weight_decay: number(h, "weight_decay", 0.0)?,
+        diagonal_eps: number(h, "diagonal_eps", 1e-6)?,
+    };
+    let override_ = count(h, "inverse_exponent_override", 0)?;
+    let (root, iters) = (options.root_method, options.newton_iterations);
+    let built = match case.optimizer.as_str() {
+        "kradagrad_star" => {
+            // The reference grafts KrADagrad* to Adam for graft_type 3, else to the SGD norm.
+            let grafting = if graft_type == 3 { Grafting::Adam } else { Grafting::SgdNorm };
+            Built::Star(apply_common!(KradagradStarConfig::new(), &common, root, iters).with_grafting(grafting))
+        }
+        "kradagrad" => Built::Mm(apply_common!(KradagradConfig::new(), &common, root, iters).with_grafting(Grafting::None)),
+        "shampoo" => {
+            let grafting = if graft_type == 2 { Grafting::AdaGrad } else { Grafting::SgdNorm };
+            Built::Shampoo(
+                apply_common!(ShampooConfig::new(), &common, root, iters)
+                    .with_grafting(grafting)
+                    .with_inverse_exponent_override(override_ as u32),
+            )
+        }
+        other => return Err(format!("unsupported: optimizer {other}")),
+    };
+    if override_ != 0 && case.optimizer != "shampoo" {
+        return Err("unsupported: inverse_exponent_override outside Shampoo".into());
+    }
+    let validation = match &built {
+        Built::Star(c) => c.validate(),
+        Built::Mm(c) => c.validate(),
+        Built::Shampoo(c) => c.validate(),
+    };
+    validation.map_err(|e| format!("unsupported: {e}"))?;
+    Ok(built)
+}
+
+/// Replays one case.
+pub fn replay(case: &Case, options: ReplayOptions) -> Outcome {
+    let built = match build(case, options) {
+        Ok(b) => b,
+        Err(reason) => return Outcome::Unsupported(reason),
+    };
+    let numel: usize = case.shape.iter().product();
+    let sizes_ok = case.init.len() == numel
+        && case.grads.len() == case.steps
+        && case.params.len() == case.steps
+        && case.grads.iter().chain(&case.params).all(|v| v.len() == numel);
+    if !sizes_ok {
+        return Outcome::Unsupported("unsupported: inconsistent sizes in the case".into());
+    }
+    let result = match case.dtype.as_str() {
+        "f64" => by_rank::<NdArray<f64>>(case, &built),
+        "f32" => by_rank::<NdArray<f32>>(case, &built),
+        other => Err(format!("unsupported: dtype {other}")),
+    };
+    match result {
+        Ok(error) => Outcome::Replayed {
+            error,
+            tolerance: if case.dtype == "f64" { 1e-6 } else { 1e-3 },
+        },
+        Err(reason) => Outcome::Unsupported(reason),
+    }
+}
+
+fn by_rank<B: Backend>(case: &Case, built: &Built) -> Result<f64, String> {
+    match case.shape.len() {
+        1 => Ok(by_optimizer::<B, 1>(case, built)),
+        2 => Ok(by_optimizer::<B, 2>(case, built)),
+        3 => Ok(by_optimizer::<B, 3>(case, built)),
+        4 => Ok(by_optimizer::<B, 4>(case, built)),
+        5 => Ok(by_optimizer::<B, 5>(case, built)),
+        6 => Ok(by_optimizer::<B, 6>(case, built)),
+        r => Err(format!("unsupported: rank {r}")),
+    }
+}
+
+fn by_optimizer<B: Backend, const D: usize>(case: &Case, built: &Built) -> f64 {
+    match built {
+        Built::Star(c) => trajectory_error::<B, D, _>(case, &c.build()),
+        Built::Mm(c) => trajectory_error::<B, D, _>(case, &c.build()),
+        Built::Shampoo(c) => trajectory_error::<B, D, _>(case, &c.build()),
+    }
+}
+
+fn tensor<B: Backend, const D: usize>(values: &[f64], shape: &[usize]) -> Tensor<B, D> {
+    let data = TensorData::new(values.to_vec(), shape.to_vec()).convert::<B::FloatElem>();
+    Tensor::from_data(data, &Default::default())
+}
+
+/// Runs the trajectory and returns the section 9 error.
+fn trajectory_error<B: Backend, const D: usize, O: SimpleOptimizer<B>>(case: &Case, optim: &O) -> f64 {
+    let mut param: Tensor<B, D> = tensor(&case.init, &case.shape);
+    let mut state = None;
+    let mut worst = 0.0f64;
+    for (grad, expected) in case.grads.iter().zip(&case.params) {
+        let (next, next_state) = optim.step(case.lr, param, tensor(grad, &case.shape), state);
+        param = next;
+        state = next_state;
+        let got = param.to_data().convert::<f64>().to_vec::<f64>().expect("f64 data");
+        let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let diff = got.iter().zip(expected).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        let error = if scale > 0.0 { diff / scale } else { diff };
+        worst = if error.is_nan() { f64::INFINITY } else { worst.max(error) };
+    }
+    worst
+}
