@@ -2,3 +2,4 @@
 //! reference-vector replay used by `examples/replay.rs` and `tests/parity.rs`.
 
 pub mod replay;
+pub mod spd;

@@ -77,7 +77,7 @@ pub fn matrix_root<B: Backend>(
     max_iterations: usize,
 ) -> Tensor<B, 3> {
     match method {
-        RootMethod::Newton => newton_root(a, spec, max_iterations),
+        RootMethod::Newton => newton_root(a, spec, max_iterations).root,
         RootMethod::Eigh | RootMethod::EighF64 => eigh_root(a, spec, method == RootMethod::EighF64),
     }
 }
@@ -118,10 +118,13 @@ fn matrix_power<B: Backend>(t: Tensor<B, 3>, e: u32) -> Tensor<B, 3> {
 /// `Y_0 = z^((p-1)/p) A`, still inversion-free.
 ///
 /// Each iterate is symmetrised. Stopping is decided per matrix on the device:
-/// a matrix is frozen at its last iterate once `||M - I||_F` grows by more
-/// than 20% (the fp32 round-off floor was reached, section 7) or falls below
-/// the precision's round-off level.
-fn newton_root<B: Backend>(a: Tensor<B, 3>, spec: RootSpec, max_iterations: usize) -> Tensor<B, 3> {
+/// a matrix is frozen once the residual `||M - I||_F` grows by more than 20%
+/// (the new iterate is discarded: past the fp32 round-off floor the plain
+/// iteration diverges, section 7), once it stops halving below 0.1 (it has
+/// reached its round-off floor), or once it falls below the precision's
+/// round-off level. Frozen matrices still ride along in the batched matmuls
+/// until `max_iterations`, so the cost is fixed and nothing is read back.
+pub fn newton_root<B: Backend>(a: Tensor<B, 3>, spec: RootSpec, max_iterations: usize) -> NewtonRoot<B> {
     let [n, d, _] = a.dims();
     let device = a.device();
     let p = spec.order.max(1);
@@ -138,13 +141,14 @@ fn newton_root<B: Backend>(a: Tensor<B, 3>, spec: RootSpec, max_iterations: usiz
     let z = norm.recip().mul_scalar((pf + 1.0) / 2.0); // [n, 1, 1]
     let mut m = a.clone() * z.clone();
     let mut x = if spec.inverse {
-        identity.clone() * z.powf_scalar(1.0 / pf)
+        identity.clone() * scalar_power(z.clone(), 1.0 / pf)
     } else {
-        a * z.powf_scalar((pf - 1.0) / pf)
+        a * scalar_power(z, (pf - 1.0) / pf)
     };
     let tolerance = round_off(&m) * (d as f64).sqrt();
     let mut error = crate::krad::frobenius_norm(m.clone() - identity.clone());
     let mut frozen: Tensor<B, 3, Bool> = error.clone().lower_equal_elem(tolerance);
+    let mut iterations = error.zeros_like();
     for _ in 0..max_iterations {
         let t = (identity.clone().mul_scalar(pf + 1.0) - m.clone()).div_scalar(pf);
         let t_pm1 = matrix_power(t.clone(), p - 1);
@@ -159,13 +163,45 @@ fn newton_root<B: Backend>(a: Tensor<B, 3>, spec: RootSpec, max_iterations: usiz
         // Freeze a matrix whose residual grows: it is past its round-off floor.
         let diverging = error_next.clone().greater(error.clone().mul_scalar(1.2));
         frozen = frozen.bool_or(diverging);
+        iterations = iterations + frozen.clone().bool_not().float();
         let keep = frozen.clone().expand([n, d, d]);
         x = x_next.mask_where(keep.clone(), x);
         m = m_next.mask_where(keep, m);
+        // Converged: in the quadratic phase (residual below 0.1) the residual
+        // should shrink many times per iteration; once it no longer halves, it
+        // sits on the round-off floor and further iterations only add noise.
+        let stalled = error_next
+            .clone()
+            .greater(error.clone().mul_scalar(0.5))
+            .bool_and(error_next.clone().lower_elem(0.1));
         error = error_next.mask_where(frozen.clone(), error);
-        frozen = frozen.bool_or(error.clone().lower_equal_elem(tolerance));
+        frozen = frozen
+            .bool_or(stalled)
+            .bool_or(error.clone().lower_equal_elem(tolerance));
     }
-    x
+    NewtonRoot {
+        root: x,
+        iterations: iterations.reshape([n]),
+        residual: error.reshape([n]),
+    }
+}
+
+/// The result of [`newton_root`], everything still on the device.
+#[derive(Debug, Clone)]
+pub struct NewtonRoot<B: Backend> {
+    /// The roots, `[n, d, d]`.
+    pub root: Tensor<B, 3>,
+    /// Iterations each matrix took before it froze, `[n]`.
+    pub iterations: Tensor<B, 1>,
+    /// Final residual `||M - I||_F` of each matrix, `[n]`.
+    pub residual: Tensor<B, 1>,
+}
+
+/// `t^exponent` for positive `t`, as `exp(exponent ln t)`: burn-ndarray's
+/// `powf_scalar` rounds the exponent to f32, which costs f64 roots about
+/// 1e-8 of accuracy for exponents like 1/6.
+fn scalar_power<B: Backend>(t: Tensor<B, 3>, exponent: f64) -> Tensor<B, 3> {
+    t.log().mul_scalar(exponent).exp()
 }
 
 /// Unit round-off of the tensor's float type.
