@@ -274,8 +274,8 @@ fn by_optimizer<B: Backend, const D: usize>(case: &Case, built: &Built) -> f64 {
 }
 
 fn tensor<B: Backend, const D: usize>(values: &[f64], shape: &[usize]) -> Tensor<B, D> {
-    let data = TensorData::new(values.to_vec(), shape.to_vec()).convert::<B::FloatElem>();
-    Tensor::from_data(data, &Default::default())
+    let data = TensorData::new(values.to_vec(), shape.to_vec());
+    Tensor::from_data(data, (&Default::default(), crate::spd::float_dtype::<B>()))
 }
 
 /// Runs the trajectory and returns the section 9 error.
@@ -287,6 +287,7 @@ fn trajectory_error<B: Backend, const D: usize, O: SimpleOptimizer<B>>(case: &Ca
         let (next, next_state) = optim.step(case.lr, param, tensor(grad, &case.shape), state);
         param = next;
         state = next_state;
+        assert_eq!(param.dtype(), crate::spd::float_dtype::<B>(), "the parameter kept its dtype");
         let got = param.to_data().convert::<f64>().to_vec::<f64>().expect("f64 data");
         let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let diff = got.iter().zip(expected).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));

@@ -44,11 +44,19 @@ pub fn relative_error(x: &DMatrix<f64>, reference: &DMatrix<f64>) -> f64 {
     spectral_norm(&((&diff + diff.transpose()) * 0.5)) / spectral_norm(reference)
 }
 
+/// The backend's own float dtype. Tensors must be created with it explicitly:
+/// Burn 0.21 otherwise uses the device's default, which `NdArray<f32>` and
+/// `NdArray<f64>` share within a process.
+pub fn float_dtype<B: Backend>() -> burn::tensor::DType {
+    use burn::tensor::Element;
+    <B::FloatElem as Element>::dtype()
+}
+
 /// Copies a matrix into a `[1, d, d]` tensor of backend `B`.
 pub fn to_tensor<B: Backend>(a: &DMatrix<f64>, device: &B::Device) -> Tensor<B, 3> {
     let d = a.nrows();
     let values: Vec<f64> = (0..d * d).map(|k| a[(k / d, k % d)]).collect();
-    Tensor::from_data(TensorData::new(values, [1, d, d]).convert::<B::FloatElem>(), device)
+    Tensor::from_data(TensorData::new(values, [1, d, d]), (device, float_dtype::<B>()))
 }
 
 /// Reads a `[1, d, d]` tensor back as an f64 matrix.

@@ -316,3 +316,111 @@ pub fn mode_product<B: Backend>(
 ) -> Tensor<B, 2> {
     fold(factor.matmul(unfold(blocks, block_dims, i)), block_dims, i)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+    use burn::tensor::TensorData;
+
+    type B = NdArray<f64>;
+
+    fn iota(n: usize) -> Tensor<B, 1> {
+        let values: Vec<f64> = (0..n).map(|v| v as f64).collect();
+        Tensor::from_data(TensorData::new(values, [n]), (&Default::default(), burn::tensor::DType::F64))
+    }
+
+    fn values<const R: usize>(t: Tensor<B, R>) -> Vec<f64> {
+        t.into_data().to_vec::<f64>().unwrap()
+    }
+
+    #[test]
+    fn merges_as_the_reference_does() {
+        assert_eq!(merge_dims(&[4, 3, 3, 3], 16), vec![12, 9]);
+        assert_eq!(merge_dims(&[3, 4, 5], 8), vec![3, 4, 5]);
+        assert_eq!(merge_dims(&[1], 128), Vec::<usize>::new());
+        assert_eq!(merge_dims(&[1, 1], 128), Vec::<usize>::new());
+        assert_eq!(merge_dims(&[64, 3, 3, 3], 128), vec![64, 27]);
+        assert_eq!(merge_dims(&[1, 7, 1], 4), vec![7]);
+    }
+
+    #[test]
+    fn regions_cover_the_blocks() {
+        let layout = BlockLayout::new(&[10, 20], Some(8), true);
+        assert_eq!(layout.dims, vec![10, 20]);
+        let shapes: Vec<_> = layout.regions.iter().map(|r| (r.counts.clone(), r.block_dims.clone())).collect();
+        assert_eq!(
+            shapes,
+            vec![
+                (vec![1, 2], vec![8, 8]),
+                (vec![1, 1], vec![8, 4]),
+                (vec![1, 2], vec![2, 8]),
+                (vec![1, 1], vec![2, 4]),
+            ]
+        );
+        let no_blocking = BlockLayout::new(&[1, 300], None, true);
+        assert_eq!(no_blocking.dims, vec![1, 300]);
+        assert_eq!(no_blocking.regions.len(), 1);
+        assert_eq!(BlockLayout::new(&[1], Some(128), true).regions.len(), 0);
+    }
+
+    #[test]
+    fn blocks_hold_the_right_entries() {
+        // [4, 6] with block 2: region 0 has 2 x 3 blocks of 2 x 2, dim 0 outermost.
+        let layout = BlockLayout::new(&[4, 6], Some(2), false);
+        let blocks = layout.split(iota(24));
+        assert_eq!(blocks.len(), 1);
+        let v = values(blocks[0].clone());
+        assert_eq!(&v[0..4], &[0.0, 1.0, 6.0, 7.0]); // block (0, 0)
+        assert_eq!(&v[4..8], &[2.0, 3.0, 8.0, 9.0]); // block (0, 1)
+        assert_eq!(&v[12..16], &[12.0, 13.0, 18.0, 19.0]); // block (1, 0)
+    }
+
+    #[test]
+    fn split_then_assemble_is_the_identity() {
+        let cases: &[(&[usize], Option<usize>, bool)] = &[
+            (&[5], Some(2), true),
+            (&[10, 20], Some(8), true),
+            (&[3, 4, 5], Some(2), true),
+            (&[7, 1, 9], Some(3), false),
+            (&[4, 3, 3, 3], Some(16), true),
+            (&[64, 3, 3, 3], Some(8), true),
+            (&[2, 3, 5, 7], Some(3), false),
+            (&[300, 5], Some(128), true),
+            (&[6, 4], None, false),
+        ];
+        for &(shape, block, merge) in cases {
+            let layout = BlockLayout::new(shape, block, merge);
+            let n = layout.numel();
+            let blocks = layout.split(iota(n));
+            let total: usize = blocks.iter().map(|b| b.dims()[0] * b.dims()[1]).sum();
+            assert_eq!(total, n, "{shape:?}");
+            let back = values(layout.assemble(blocks));
+            assert_eq!(back, values(iota(n)), "{shape:?} block {block:?}");
+        }
+    }
+
+    #[test]
+    fn unfold_and_fold_are_inverse_and_gram_matches_the_definition() {
+        let dims = [2, 3, 4];
+        let blocks = iota(24).reshape([1, 24]);
+        for i in 0..3 {
+            let back = fold(unfold(blocks.clone(), &dims, i), &dims, i);
+            assert_eq!(values(back), values(blocks.clone()));
+        }
+        // Mode-1 Gram by the definition: sum over a, c of X[a, j, c] X[a, l, c].
+        let x: Vec<f64> = (0..24).map(|v| v as f64).collect();
+        let gram = values(mode_gram(blocks, &dims, 1));
+        for j in 0..3 {
+            for l in 0..3 {
+                let mut expected = 0.0;
+                for a in 0..2 {
+                    for c in 0..4 {
+                        expected += x[a * 12 + j * 4 + c] * x[a * 12 + l * 4 + c];
+                    }
+                }
+                assert_eq!(gram[j * 3 + l], expected);
+            }
+        }
+    }
+}

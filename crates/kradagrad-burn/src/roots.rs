@@ -8,7 +8,7 @@
 //! which reproduces the reference implementation's numerics.
 
 use burn::config::Config;
-use burn::tensor::{backend::Backend, Bool, Tensor};
+use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 
 use crate::krad::symmetrize;
 
@@ -82,9 +82,17 @@ pub fn matrix_root<B: Backend>(
     }
 }
 
-/// A batch of identity matrices `[n, d, d]`.
-pub fn batch_identity<B: Backend>(n: usize, d: usize, device: &B::Device) -> Tensor<B, 3> {
-    Tensor::<B, 2>::eye(d, device).unsqueeze::<3>().repeat_dim(0, n)
+/// A batch of identity matrices `[n, d, d]` of float type `dtype`.
+///
+/// The dtype is explicit because Burn 0.21 creates tensors in the *device's*
+/// default float type, which one process shares between `NdArray<f32>` and
+/// `NdArray<f64>` (the first backend used wins): the optimizers always follow
+/// the parameter's own dtype instead.
+pub fn batch_identity<B: Backend>(n: usize, d: usize, device: &B::Device, dtype: DType) -> Tensor<B, 3> {
+    Tensor::<B, 2>::eye(d, device)
+        .cast(dtype)
+        .unsqueeze::<3>()
+        .repeat_dim(0, n)
 }
 
 /// `t^e` by repeated squaring (`e >= 0`; `t^0` is the identity).
@@ -105,7 +113,7 @@ fn matrix_power<B: Backend>(t: Tensor<B, 3>, e: u32) -> Tensor<B, 3> {
             base = base.clone().matmul(base);
         }
     }
-    result.unwrap_or_else(|| batch_identity(n, d, &base.device()))
+    result.unwrap_or_else(|| batch_identity(n, d, &base.device(), base.dtype()))
 }
 
 /// Coupled Newton iteration for `A^(-1/p)` or `A^(1/p)`.
@@ -129,7 +137,7 @@ pub fn newton_root<B: Backend>(a: Tensor<B, 3>, spec: RootSpec, max_iterations: 
     let device = a.device();
     let p = spec.order.max(1);
     let pf = p as f64;
-    let identity = batch_identity::<B>(n, d, &device);
+    let identity = batch_identity::<B>(n, d, &device, a.dtype());
     let a = if spec.shift != 0.0 {
         symmetrize(a) + identity.clone().mul_scalar(spec.shift)
     } else {
@@ -163,7 +171,7 @@ pub fn newton_root<B: Backend>(a: Tensor<B, 3>, spec: RootSpec, max_iterations: 
         // Freeze a matrix whose residual grows: it is past its round-off floor.
         let diverging = error_next.clone().greater(error.clone().mul_scalar(1.2));
         frozen = frozen.bool_or(diverging);
-        iterations = iterations + frozen.clone().bool_not().float();
+        iterations = iterations + frozen.clone().bool_not().float().cast(error.dtype());
         let keep = frozen.clone().expand([n, d, d]);
         x = x_next.mask_where(keep.clone(), x);
         m = m_next.mask_where(keep, m);
@@ -206,7 +214,6 @@ fn scalar_power<B: Backend>(t: Tensor<B, 3>, exponent: f64) -> Tensor<B, 3> {
 
 /// Unit round-off of the tensor's float type.
 fn round_off<B: Backend>(t: &Tensor<B, 3>) -> f64 {
-    use burn::tensor::DType;
     match t.dtype() {
         DType::F64 => f64::EPSILON,
         DType::F16 | DType::BF16 => 1e-3,
@@ -217,10 +224,11 @@ fn round_off<B: Backend>(t: &Tensor<B, 3>) -> f64 {
 #[cfg(feature = "eigh")]
 #[allow(clippy::disallowed_methods)] // The host method reads the matrices back by design.
 fn eigh_root<B: Backend>(a: Tensor<B, 3>, spec: RootSpec, force_f64: bool) -> Tensor<B, 3> {
-    use burn::tensor::{DType, TensorData};
+    use burn::tensor::TensorData;
     let [n, d, _] = a.dims();
     let device = a.device();
-    let in_f64 = force_f64 || a.dtype() == DType::F64;
+    let dtype = a.dtype();
+    let in_f64 = force_f64 || dtype == DType::F64;
     let data = a.into_data();
     let exponent = if spec.inverse { -1.0 / spec.order as f64 } else { 1.0 / spec.order as f64 };
     let values: Vec<f64> = if in_f64 {
@@ -235,8 +243,7 @@ fn eigh_root<B: Backend>(a: Tensor<B, 3>, spec: RootSpec, force_f64: bool) -> Te
             .map(|v| v as f64)
             .collect()
     };
-    let data = TensorData::new(values, [n, d, d]).convert::<B::FloatElem>();
-    Tensor::from_data(data, &device)
+    Tensor::from_data(TensorData::new(values, [n, d, d]), (&device, dtype))
 }
 
 /// Root of one matrix by eigendecomposition in precision `T`: eigenvalues of

@@ -58,7 +58,13 @@ pub(crate) fn step<B: Backend, const D: usize>(
             state.check_layout(&layout, stale);
             state
         }
-        None => PreconditionerState::new(&layout, variant.initial_scale(options), stale, &tensor.device()),
+        None => PreconditionerState::new(
+            &layout,
+            variant.initial_scale(options),
+            stale,
+            &tensor.device(),
+            tensor.dtype(),
+        ),
     };
 
     let mut new = old.clone();

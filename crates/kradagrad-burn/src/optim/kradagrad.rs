@@ -119,3 +119,22 @@ pub(crate) fn precondition<B: Backend, const D: usize>(
     };
     layout.assemble(out).reshape(grad.dims())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::dim_for_step;
+
+    #[test]
+    fn schedule_follows_section_4() {
+        let dims = [3, 7];
+        // t < k^2 = 4: round robin.
+        let first: Vec<_> = (0..4).map(|t| dim_for_step(t, &dims)).collect();
+        assert_eq!(first, vec![0, 1, 0, 1]);
+        // t = 4 = 2^2: e = 0 -> 0; t = 5: e = 1 -> 1; t = 6, 7, 8: e >= k -> largest (1).
+        let later: Vec<_> = (4..10).map(|t| dim_for_step(t, &dims)).collect();
+        assert_eq!(later, vec![0, 1, 1, 1, 1, 0]);
+        // Ties pick the first largest.
+        assert_eq!(dim_for_step(100 + 5, &[9, 9]), 0);
+        assert_eq!(dim_for_step(7, &[5]), 0);
+    }
+}

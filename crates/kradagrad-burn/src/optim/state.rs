@@ -1,7 +1,7 @@
 //! Optimizer state shared by the three optimizers: a Burn `Record`.
 
 use burn::record::Record;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 
 use crate::layout::BlockLayout;
 use crate::roots::batch_identity;
@@ -34,8 +34,8 @@ pub struct PreconditionerState<B: Backend, const D: usize> {
 }
 
 impl<B: Backend, const D: usize> PreconditionerState<B, D> {
-    /// A fresh state: statistics `scale * I`, roots `I`, no buffers.
-    pub(crate) fn new(layout: &BlockLayout, scale: f64, stale: bool, device: &B::Device) -> Self {
+    /// A fresh state: statistics `scale * I`, roots `I`, no buffers, in `dtype`.
+    pub(crate) fn new(layout: &BlockLayout, scale: f64, stale: bool, device: &B::Device, dtype: DType) -> Self {
         let groups = layout
             .regions
             .iter()
@@ -44,7 +44,7 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
                 let eyes: Vec<_> = region
                     .block_dims
                     .iter()
-                    .map(|&d| batch_identity::<B>(n, d, device))
+                    .map(|&d| batch_identity::<B>(n, d, device, dtype))
                     .collect();
                 FactorGroup {
                     statistics: eyes.iter().map(|e| e.clone().mul_scalar(scale)).collect(),
