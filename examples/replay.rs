@@ -53,7 +53,10 @@ fn main() {
                 case.name, case.optimizer, case.dtype
             ),
             Outcome::Unsupported(reason) => {
-                println!("{verdict} {:<28} {:<15} {:<4} {reason}", case.name, case.optimizer, case.dtype)
+                println!(
+                    "{verdict} {:<28} {:<15} {:<4} {reason}",
+                    case.name, case.optimizer, case.dtype
+                )
             }
         }
         if outcome.passed() {

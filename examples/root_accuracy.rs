@@ -39,7 +39,11 @@ fn main() {
                         format!("{e:.1e} ({n})")
                     })
                     .collect();
-                let root = if inverse { format!("A^(-1/{order})") } else { format!("A^(1/{order})") };
+                let root = if inverse {
+                    format!("A^(-1/{order})")
+                } else {
+                    format!("A^(1/{order})")
+                };
                 println!("| {dtype} | {root} | {order} | {} |", errors.join(" | "));
             }
         }

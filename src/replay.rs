@@ -199,12 +199,24 @@ fn build(case: &Case, options: ReplayOptions) -> Result<Built, String> {
     let built = match case.optimizer.as_str() {
         "kradagrad_star" => {
             // The reference grafts KrADagrad* to Adam for graft_type 3, else to the SGD norm.
-            let grafting = if graft_type == 3 { Grafting::Adam } else { Grafting::SgdNorm };
-            Built::Star(apply_common!(KradagradStarConfig::new(), &common, root, iters).with_grafting(grafting))
+            let grafting = if graft_type == 3 {
+                Grafting::Adam
+            } else {
+                Grafting::SgdNorm
+            };
+            Built::Star(
+                apply_common!(KradagradStarConfig::new(), &common, root, iters).with_grafting(grafting),
+            )
         }
-        "kradagrad" => Built::Mm(apply_common!(KradagradConfig::new(), &common, root, iters).with_grafting(Grafting::None)),
+        "kradagrad" => Built::Mm(
+            apply_common!(KradagradConfig::new(), &common, root, iters).with_grafting(Grafting::None),
+        ),
         "shampoo" => {
-            let grafting = if graft_type == 2 { Grafting::AdaGrad } else { Grafting::SgdNorm };
+            let grafting = if graft_type == 2 {
+                Grafting::AdaGrad
+            } else {
+                Grafting::SgdNorm
+            };
             Built::Shampoo(
                 apply_common!(ShampooConfig::new(), &common, root, iters)
                     .with_grafting(grafting)
@@ -287,12 +299,27 @@ fn trajectory_error<B: Backend, const D: usize, O: SimpleOptimizer<B>>(case: &Ca
         let (next, next_state) = optim.step(case.lr, param, tensor(grad, &case.shape), state);
         param = next;
         state = next_state;
-        assert_eq!(param.dtype(), crate::spd::float_dtype::<B>(), "the parameter kept its dtype");
-        let got = param.to_data().convert::<f64>().to_vec::<f64>().expect("f64 data");
+        assert_eq!(
+            param.dtype(),
+            crate::spd::float_dtype::<B>(),
+            "the parameter kept its dtype"
+        );
+        let got = param
+            .to_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .expect("f64 data");
         let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let diff = got.iter().zip(expected).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        let diff = got
+            .iter()
+            .zip(expected)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
         let error = if scale > 0.0 { diff / scale } else { diff };
-        worst = if error.is_nan() { f64::INFINITY } else { worst.max(error) };
+        worst = if error.is_nan() {
+            f64::INFINITY
+        } else {
+            worst.max(error)
+        };
     }
     worst
 }

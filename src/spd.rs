@@ -35,7 +35,11 @@ pub fn oracle_root(a: &DMatrix<f64>, order: u32, inverse: bool) -> DMatrix<f64> 
 
 /// Spectral norm of a symmetric matrix.
 pub fn spectral_norm(a: &DMatrix<f64>) -> f64 {
-    a.clone().symmetric_eigen().eigenvalues.iter().fold(0.0f64, |m, e| m.max(e.abs()))
+    a.clone()
+        .symmetric_eigen()
+        .eigenvalues
+        .iter()
+        .fold(0.0f64, |m, e| m.max(e.abs()))
 }
 
 /// Relative spectral-norm error `||X - Y|| / ||Y||`.
@@ -62,7 +66,11 @@ pub fn to_tensor<B: Backend>(a: &DMatrix<f64>, device: &B::Device) -> Tensor<B, 
 /// Reads a `[1, d, d]` tensor back as an f64 matrix.
 pub fn from_tensor<B: Backend>(t: Tensor<B, 3>) -> DMatrix<f64> {
     let [_, d, _] = t.dims();
-    let values = t.into_data().convert::<f64>().to_vec::<f64>().expect("float data");
+    let values = t
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .expect("float data");
     DMatrix::from_row_slice(d, d, &values)
 }
 
@@ -78,8 +86,18 @@ pub fn root_error<B: Backend>(
     seed: u64,
 ) -> f64 {
     let a = random_spd(d, condition, seed);
-    let spec = RootSpec { order, inverse, shift: 0.0, floor: 0.0 };
-    let root = matrix_root(to_tensor::<B>(&a, &Default::default()), spec, method, max_iterations);
+    let spec = RootSpec {
+        order,
+        inverse,
+        shift: 0.0,
+        floor: 0.0,
+    };
+    let root = matrix_root(
+        to_tensor::<B>(&a, &Default::default()),
+        spec,
+        method,
+        max_iterations,
+    );
     relative_error(&from_tensor(root), &oracle_root(&a, order, inverse))
 }
 
@@ -94,9 +112,19 @@ pub fn newton_error<B: Backend>(
     seed: u64,
 ) -> (f64, usize) {
     let a = random_spd(d, condition, seed);
-    let spec = RootSpec { order, inverse, shift: 0.0, floor: 0.0 };
+    let spec = RootSpec {
+        order,
+        inverse,
+        shift: 0.0,
+        floor: 0.0,
+    };
     let result = newton_root(to_tensor::<B>(&a, &Default::default()), spec, max_iterations);
-    let iterations = result.iterations.into_data().convert::<f64>().to_vec::<f64>().expect("float")[0];
+    let iterations = result
+        .iterations
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .expect("float")[0];
     let error = relative_error(&from_tensor(result.root), &oracle_root(&a, order, inverse));
     (error, iterations as usize)
 }

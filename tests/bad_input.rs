@@ -16,7 +16,10 @@ type B = NdArray<f32>;
 
 fn field(result: Result<(), ConfigError>) -> &'static str {
     let error = result.expect_err("the config must be rejected");
-    assert!(error.to_string().contains(&format!("`{}`", error.field)), "{error}");
+    assert!(
+        error.to_string().contains(&format!("`{}`", error.field)),
+        "{error}"
+    );
     error.field
 }
 
@@ -24,8 +27,14 @@ fn field(result: Result<(), ConfigError>) -> &'static str {
 fn invalid_configs_name_the_field() {
     let star = KradagradStarConfig::new;
     assert_eq!(field(star().with_block_size(Some(0)).validate()), "block_size");
-    assert_eq!(field(star().with_statistics_compute_steps(0).validate()), "statistics_compute_steps");
-    assert_eq!(field(star().with_preconditioning_compute_steps(0).validate()), "preconditioning_compute_steps");
+    assert_eq!(
+        field(star().with_statistics_compute_steps(0).validate()),
+        "statistics_compute_steps"
+    );
+    assert_eq!(
+        field(star().with_preconditioning_compute_steps(0).validate()),
+        "preconditioning_compute_steps"
+    );
     for eps in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         assert_eq!(field(star().with_matrix_eps(eps).validate()), "matrix_eps");
     }
@@ -39,12 +48,21 @@ fn invalid_configs_name_the_field() {
         assert_eq!(field(star().with_weight_decay(wd).validate()), "weight_decay");
     }
     assert_eq!(field(star().with_diagonal_eps(0.0).validate()), "diagonal_eps");
-    assert_eq!(field(star().with_newton_iterations(0).validate()), "newton_iterations");
+    assert_eq!(
+        field(star().with_newton_iterations(0).validate()),
+        "newton_iterations"
+    );
     // The same rules hold for the other two optimizers.
     assert_eq!(field(KradagradConfig::new().with_beta2(2.0).validate()), "beta2");
-    assert_eq!(field(ShampooConfig::new().with_block_size(Some(0)).validate()), "block_size");
+    assert_eq!(
+        field(ShampooConfig::new().with_block_size(Some(0)).validate()),
+        "block_size"
+    );
     // Defaults and edge values are valid.
-    for config in [star(), star().with_momentum(0.0).with_beta2(1.0).with_block_size(None)] {
+    for config in [
+        star(),
+        star().with_momentum(0.0).with_beta2(1.0).with_block_size(None),
+    ] {
         assert!(config.validate().is_ok());
     }
     assert!(KradagradConfig::new().validate().is_ok());
@@ -70,13 +88,17 @@ fn random<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
 #[test]
 #[should_panic(expected = "learning rate must be positive and finite, got 0")]
 fn a_zero_learning_rate_panics() {
-    let _ = KradagradStarConfig::new().build().step(0.0, random([3, 2]), random([3, 2]), None);
+    let _ = KradagradStarConfig::new()
+        .build()
+        .step(0.0, random([3, 2]), random([3, 2]), None);
 }
 
 #[test]
 #[should_panic(expected = "learning rate must be positive and finite, got NaN")]
 fn a_nan_learning_rate_panics() {
-    let _ = KradagradConfig::new().build().step(f64::NAN, random([3, 2]), random([3, 2]), None);
+    let _ = KradagradConfig::new()
+        .build()
+        .step(f64::NAN, random([3, 2]), random([3, 2]), None);
 }
 
 /// Every tensor of a state, read back, in a fixed order.
@@ -93,7 +115,9 @@ fn snapshot<const D: usize>(state: &PreconditionerState<B, D>) -> Vec<Vec<f32>> 
     out
 }
 
-fn non_finite_gradients_change_nothing<O: SimpleOptimizer<B, State<2> = PreconditionerState<B, 2>>>(optimizer: O) {
+fn non_finite_gradients_change_nothing<O: SimpleOptimizer<B, State<2> = PreconditionerState<B, 2>>>(
+    optimizer: O,
+) {
     // [10, 6] at block size 4: several regions; roots every 2 steps so a bad step is a root step.
     let mut w = random([10, 6]);
     let mut state = None;
@@ -103,20 +127,33 @@ fn non_finite_gradients_change_nothing<O: SimpleOptimizer<B, State<2> = Precondi
         state = s1;
     }
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-        let before = (w.to_data(), snapshot(state.as_ref().unwrap()), state.as_ref().unwrap().step);
+        let before = (
+            w.to_data(),
+            snapshot(state.as_ref().unwrap()),
+            state.as_ref().unwrap().step,
+        );
         let mut g = random([10, 6]);
         g = g.slice_assign([3..4, 2..3], Tensor::from_data([[bad]], &Default::default()));
         let (w1, s1) = optimizer.step(0.1, w, g, state);
         let s1 = s1.unwrap();
         assert_eq!(w1.to_data(), before.0, "the parameter moved on a {bad} gradient");
-        assert_eq!(snapshot(&s1), before.1, "a state tensor changed on a {bad} gradient");
+        assert_eq!(
+            snapshot(&s1),
+            before.1,
+            "a state tensor changed on a {bad} gradient"
+        );
         assert_eq!(s1.step, before.2 + 1, "the step counter advances");
         w = w1;
         state = Some(s1);
     }
     // Training goes on normally afterwards.
     let (w1, _) = optimizer.step(0.1, w.clone(), random([10, 6]), state);
-    assert!(w1.to_data().to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
+    assert!(w1
+        .to_data()
+        .to_vec::<f32>()
+        .unwrap()
+        .iter()
+        .all(|v| v.is_finite()));
     assert_ne!(w1.to_data(), w.to_data());
 }
 
@@ -135,7 +172,10 @@ fn kradagrad_star_skips_non_finite_gradients() {
 #[test]
 fn kradagrad_skips_non_finite_gradients() {
     non_finite_gradients_change_nothing(
-        KradagradConfig::new().with_block_size(Some(4)).with_preconditioning_compute_steps(2).build(),
+        KradagradConfig::new()
+            .with_block_size(Some(4))
+            .with_preconditioning_compute_steps(2)
+            .build(),
     );
 }
 
@@ -160,7 +200,11 @@ fn a_non_finite_first_gradient_leaves_a_fresh_state() {
     let (w1, state) = optimizer.step(0.1, w.clone(), g, None);
     assert_eq!(w1.to_data(), w.to_data());
     let state = state.unwrap();
-    let fresh = KradagradStarConfig::new().build().step(0.1, w.clone(), w.zeros_like(), None).1.unwrap();
+    let fresh = KradagradStarConfig::new()
+        .build()
+        .step(0.1, w.clone(), w.zeros_like(), None)
+        .1
+        .unwrap();
     // Zero gradient: statistics unchanged from the initial state, like the skipped step's.
     assert_eq!(snapshot(&state), snapshot(&fresh));
 }
@@ -168,7 +212,9 @@ fn a_non_finite_first_gradient_leaves_a_fresh_state() {
 #[test]
 #[should_panic(expected = "the gradient of the parameter of shape [3, 4] holds NaN or Inf")]
 fn the_panic_option_names_the_shape() {
-    let optimizer = KradagradStarConfig::new().with_non_finite_gradients(NonFiniteGradients::Panic).build();
+    let optimizer = KradagradStarConfig::new()
+        .with_non_finite_gradients(NonFiniteGradients::Panic)
+        .build();
     let g = Tensor::<B, 2>::full([3, 4], f32::INFINITY, &Default::default());
     let _ = optimizer.step(0.1, random([3, 4]), g, None);
 }
@@ -184,6 +230,13 @@ fn a_state_from_another_shape_is_a_clear_error() {
 #[test]
 #[should_panic(expected = "does not match the parameter of shape [6, 4]")]
 fn a_state_from_another_block_size_is_a_clear_error() {
-    let (_, state) = KradagradConfig::new().build().step(0.1, random([6, 4]), random([6, 4]), None);
-    let _ = KradagradConfig::new().with_block_size(Some(2)).build().step(0.1, random([6, 4]), random([6, 4]), state);
+    let (_, state) = KradagradConfig::new()
+        .build()
+        .step(0.1, random([6, 4]), random([6, 4]), None);
+    let _ = KradagradConfig::new().with_block_size(Some(2)).build().step(
+        0.1,
+        random([6, 4]),
+        random([6, 4]),
+        state,
+    );
 }

@@ -23,7 +23,9 @@ use rand_distr::{Distribution, StandardNormal};
 fn spd(d: usize, log_cond: f64, log_scale: f64, seed: u64) -> DMatrix<f64> {
     let mut rng = StdRng::seed_from_u64(seed);
     let q = random_orthogonal(d, &mut rng);
-    let lambda = DVector::from_fn(d, |i, _| 10f64.powf(log_scale - log_cond * i as f64 / (d - 1).max(1) as f64));
+    let lambda = DVector::from_fn(d, |i, _| {
+        10f64.powf(log_scale - log_cond * i as f64 / (d - 1).max(1) as f64)
+    });
     let a = &q * DMatrix::from_diagonal(&lambda) * q.transpose();
     (&a + a.transpose()) * 0.5
 }
@@ -38,14 +40,19 @@ fn gram(d: usize, rank: usize, log_scale: f64, seed: u64) -> DMatrix<f64> {
 
 fn min_eigenvalue(a: &DMatrix<f64>) -> f64 {
     let sym = (a + a.transpose()) * 0.5;
-    sym.symmetric_eigen().eigenvalues.iter().fold(f64::INFINITY, |m, &e| m.min(e))
+    sym.symmetric_eigen()
+        .eigenvalues
+        .iter()
+        .fold(f64::INFINITY, |m, &e| m.min(e))
 }
 
 /// `(S^-1 + M)^-1 = S^(1/2) (I + S^(1/2) M S^(1/2))^-1 S^(1/2)`, stable for
 /// ill-conditioned `S` because the inverted matrix is `>= I`.
 fn exact_accumulation(s: &DMatrix<f64>, m: &DMatrix<f64>) -> DMatrix<f64> {
     let eig = s.clone().symmetric_eigen();
-    let half = &eig.eigenvectors * DMatrix::from_diagonal(&eig.eigenvalues.map(f64::sqrt)) * eig.eigenvectors.transpose();
+    let half = &eig.eigenvectors
+        * DMatrix::from_diagonal(&eig.eigenvalues.map(f64::sqrt))
+        * eig.eigenvectors.transpose();
     let d = s.nrows();
     let inner = DMatrix::<f64>::identity(d, d) + &half * m * &half;
     let inv = inner.try_inverse().expect("I + PSD is invertible");
@@ -60,7 +67,12 @@ enum Update {
     Frobenius,
 }
 
-fn check<B: Backend>(update: Update, s: &DMatrix<f64>, m: &DMatrix<f64>, tolerance: f64) -> Result<(), TestCaseError> {
+fn check<B: Backend>(
+    update: Update,
+    s: &DMatrix<f64>,
+    m: &DMatrix<f64>,
+    tolerance: f64,
+) -> Result<(), TestCaseError> {
     let device = Default::default();
     // The inputs as the backend holds them (rounded to its precision).
     let s_in = from_tensor(to_tensor::<B>(s, &device));
@@ -75,11 +87,18 @@ fn check<B: Backend>(update: Update, s: &DMatrix<f64>, m: &DMatrix<f64>, toleran
     let tol = tolerance * norm;
     let asym = (&s_new - s_new.transpose()).abs().max();
     prop_assert!(asym <= tol, "not symmetric: {asym:e} > {tol:e}");
-    prop_assert!(min_eigenvalue(&s_new) > 0.0, "not positive definite: {:e}", min_eigenvalue(&s_new));
+    prop_assert!(
+        min_eigenvalue(&s_new) > 0.0,
+        "not positive definite: {:e}",
+        min_eigenvalue(&s_new)
+    );
     let decrease = min_eigenvalue(&(&s_in - &s_new));
     prop_assert!(decrease >= -tol, "S - S_new not PSD: {decrease:e} < -{tol:e}");
     let dominance = min_eigenvalue(&(&s_new - exact_accumulation(&s_in, &m_in)));
-    prop_assert!(dominance >= -tol, "S_new - (S^-1 + M)^-1 not PSD: {dominance:e} < -{tol:e}");
+    prop_assert!(
+        dominance >= -tol,
+        "S_new - (S^-1 + M)^-1 not PSD: {dominance:e} < -{tol:e}"
+    );
     Ok(())
 }
 
@@ -118,4 +137,3 @@ proptest! {
         check::<NdArray<f32>>(update, &s, &m, 1e-5)?;
     }
 }
-

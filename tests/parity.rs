@@ -8,15 +8,21 @@ use kradagrad_burn::RootMethod;
 use kradagrad_burn_suite::replay::{replay, Outcome, ReplayOptions, VectorFile};
 
 fn vectors() -> VectorFile {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reference_vectors.json"))
-        .expect("reference vectors");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/reference_vectors.json"
+    ))
+    .expect("reference vectors");
     serde_json::from_str(&text).expect("valid vector file")
 }
 
 fn all_cases_pass(root_method: RootMethod) {
     let vectors = vectors();
     assert_eq!(vectors.cases.len(), 21);
-    let options = ReplayOptions { root_method, ..ReplayOptions::default() };
+    let options = ReplayOptions {
+        root_method,
+        ..ReplayOptions::default()
+    };
     let failures: Vec<String> = vectors
         .cases
         .iter()
@@ -25,7 +31,10 @@ fn all_cases_pass(root_method: RootMethod) {
             (!outcome.passed()).then(|| format!("{}: {outcome:?}", case.name))
         })
         .collect();
-    assert!(failures.is_empty(), "failed cases with {root_method:?}: {failures:#?}");
+    assert!(
+        failures.is_empty(),
+        "failed cases with {root_method:?}: {failures:#?}"
+    );
 }
 
 #[test]
@@ -55,8 +64,12 @@ fn a_perturbed_case_fails() {
 #[test]
 fn unknown_options_are_reported_unsupported() {
     let mut case = vectors().cases.remove(0);
-    case.hyperparams.insert("exotic_option".into(), serde_json::json!(3));
-    assert_eq!(replay(&case, ReplayOptions::default()), Outcome::Unsupported("unsupported: exotic_option".into()));
+    case.hyperparams
+        .insert("exotic_option".into(), serde_json::json!(3));
+    assert_eq!(
+        replay(&case, ReplayOptions::default()),
+        Outcome::Unsupported("unsupported: exotic_option".into())
+    );
     let mut case = vectors().cases.remove(0);
     case.optimizer = "lion".into();
     assert!(matches!(replay(&case, ReplayOptions::default()), Outcome::Unsupported(r) if r.contains("lion")));

@@ -9,7 +9,9 @@
 
 use burn::backend::NdArray;
 use kradagrad_burn::roots::{matrix_root, RootMethod, RootSpec};
-use kradagrad_burn_suite::spd::{from_tensor, oracle_root, random_spd, relative_error, root_error, to_tensor};
+use kradagrad_burn_suite::spd::{
+    from_tensor, oracle_root, random_spd, relative_error, root_error, to_tensor,
+};
 
 const D: usize = 48;
 const ITERATIONS: usize = 40;
@@ -19,8 +21,19 @@ fn f64_newton_roots_are_accurate_to_1e_8_up_to_condition_1e8() {
     for inverse in [false, true] {
         for order in [2, 4, 6, 8] {
             for cond in [1e2, 1e4, 1e6, 1e8] {
-                let e = root_error::<NdArray<f64>>(D, cond, order, inverse, RootMethod::Newton, ITERATIONS, order as u64);
-                assert!(e <= 1e-8, "p = {order}, inverse = {inverse}, cond = {cond:e}: {e:e}");
+                let e = root_error::<NdArray<f64>>(
+                    D,
+                    cond,
+                    order,
+                    inverse,
+                    RootMethod::Newton,
+                    ITERATIONS,
+                    order as u64,
+                );
+                assert!(
+                    e <= 1e-8,
+                    "p = {order}, inverse = {inverse}, cond = {cond:e}: {e:e}"
+                );
             }
         }
     }
@@ -49,8 +62,16 @@ fn shampoo_eigendecomposition_clamps_eigenvalues_at_the_floor() {
     // diag(1, 1e-12): with floor 1e-6 the inverse square root is diag(1, 1e3).
     let a = nalgebra::DMatrix::from_diagonal(&nalgebra::DVector::from_vec(vec![1.0, 1e-12]));
     let spec = RootSpec::inverse(2, 1e-6);
-    let root = from_tensor(matrix_root(to_tensor::<NdArray<f64>>(&a, &Default::default()), spec, RootMethod::EighF64, 0));
-    assert!((root[(1, 1)] - 1e3).abs() < 1e-9 && (root[(0, 0)] - 1.0).abs() < 1e-12, "{root}");
+    let root = from_tensor(matrix_root(
+        to_tensor::<NdArray<f64>>(&a, &Default::default()),
+        spec,
+        RootMethod::EighF64,
+        0,
+    ));
+    assert!(
+        (root[(1, 1)] - 1e3).abs() < 1e-9 && (root[(0, 0)] - 1.0).abs() < 1e-12,
+        "{root}"
+    );
 }
 
 #[test]
@@ -59,10 +80,23 @@ fn a_batch_is_rooted_matrix_by_matrix() {
     let (a, b) = (random_spd(16, 1e2, 1), random_spd(16, 1e7, 2));
     let device = Default::default();
     let batch = burn::tensor::Tensor::cat(
-        vec![to_tensor::<NdArray<f64>>(&a, &device), to_tensor::<NdArray<f64>>(&b, &device)],
+        vec![
+            to_tensor::<NdArray<f64>>(&a, &device),
+            to_tensor::<NdArray<f64>>(&b, &device),
+        ],
         0,
     );
-    let roots = matrix_root(batch, RootSpec { order: 4, inverse: false, shift: 0.0, floor: 0.0 }, RootMethod::Newton, ITERATIONS);
+    let roots = matrix_root(
+        batch,
+        RootSpec {
+            order: 4,
+            inverse: false,
+            shift: 0.0,
+            floor: 0.0,
+        },
+        RootMethod::Newton,
+        ITERATIONS,
+    );
     for (i, m) in [a, b].iter().enumerate() {
         let got = from_tensor(roots.clone().narrow(0, i, 1));
         let e = relative_error(&got, &oracle_root(m, 4, false));

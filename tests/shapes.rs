@@ -23,7 +23,11 @@ struct Zoo<B: Backend> {
 }
 
 fn param<const D: usize>(shape: [usize; D]) -> Param<Tensor<B, D>> {
-    Param::from_tensor(Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default()))
+    Param::from_tensor(Tensor::random(
+        shape,
+        Distribution::Normal(0.0, 1.0),
+        &Default::default(),
+    ))
 }
 
 fn zoo() -> Zoo<B> {
@@ -68,29 +72,63 @@ fn train(mut optimizer: impl Optimizer<Zoo<B>, B>, lr: f64) {
     }
     let last = value(loss(&model));
     assert!(last.is_finite() && last < 0.5 * first, "loss {first} -> {last}");
-    assert_eq!(model.unused.val().into_data(), unused_before, "a parameter with no gradient must not move");
+    assert_eq!(
+        model.unused.val().into_data(),
+        unused_before,
+        "a parameter with no gradient must not move"
+    );
 }
 
 #[test]
 fn kradagrad_star_trains_every_shape_class() {
     // Block size 8: [10, 20] and the conv kernel (merged [64, 27]) are blocked with remainders.
-    train(KradagradStarConfig::new().with_block_size(Some(8)).with_preconditioning_compute_steps(5).init(), 0.05);
+    train(
+        KradagradStarConfig::new()
+            .with_block_size(Some(8))
+            .with_preconditioning_compute_steps(5)
+            .init(),
+        0.05,
+    );
 }
 
 #[test]
 fn kradagrad_trains_every_shape_class() {
-    train(KradagradConfig::new().with_block_size(Some(8)).with_preconditioning_compute_steps(5).init(), 0.02);
+    train(
+        KradagradConfig::new()
+            .with_block_size(Some(8))
+            .with_preconditioning_compute_steps(5)
+            .init(),
+        0.02,
+    );
 }
 
 #[test]
 fn shampoo_trains_every_shape_class() {
-    train(ShampooConfig::new().with_block_size(Some(8)).with_preconditioning_compute_steps(5).init(), 0.05);
+    train(
+        ShampooConfig::new()
+            .with_block_size(Some(8))
+            .with_preconditioning_compute_steps(5)
+            .init(),
+        0.05,
+    );
 }
 
 #[test]
 fn no_blocking_and_no_merging_train_too() {
-    train(KradagradStarConfig::new().with_block_size(None).with_merge_dims(false).init(), 0.05);
-    train(ShampooConfig::new().with_block_size(None).with_preconditioning_compute_steps(3).init(), 0.05);
+    train(
+        KradagradStarConfig::new()
+            .with_block_size(None)
+            .with_merge_dims(false)
+            .init(),
+        0.05,
+    );
+    train(
+        ShampooConfig::new()
+            .with_block_size(None)
+            .with_preconditioning_compute_steps(3)
+            .init(),
+        0.05,
+    );
 }
 
 #[test]

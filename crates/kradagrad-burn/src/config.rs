@@ -67,10 +67,16 @@ impl Options {
     pub fn validate(&self, config: &'static str) -> Result<(), ConfigError> {
         let fail = |field: &'static str, rule: String| Err(ConfigError { config, field, rule });
         if self.block_size == Some(0) {
-            return fail("block_size", "must be at least 1 (use None for no blocking), got Some(0)".into());
+            return fail(
+                "block_size",
+                "must be at least 1 (use None for no blocking), got Some(0)".into(),
+            );
         }
         if !(self.matrix_eps.is_finite() && self.matrix_eps > 0.0) {
-            return fail("matrix_eps", format!("must be positive and finite, got {}", self.matrix_eps));
+            return fail(
+                "matrix_eps",
+                format!("must be positive and finite, got {}", self.matrix_eps),
+            );
         }
         if !(self.beta2 > 0.0 && self.beta2 <= 1.0) {
             return fail("beta2", format!("must lie in (0, 1], got {}", self.beta2));
@@ -79,24 +85,39 @@ impl Options {
             return fail("statistics_compute_steps", "must be at least 1, got 0".into());
         }
         if self.preconditioning_compute_steps == 0 {
-            return fail("preconditioning_compute_steps", "must be at least 1, got 0".into());
+            return fail(
+                "preconditioning_compute_steps",
+                "must be at least 1, got 0".into(),
+            );
         }
         if !(self.momentum >= 0.0 && self.momentum < 1.0) {
             return fail("momentum", format!("must lie in [0, 1), got {}", self.momentum));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return fail("weight_decay", format!("must be non-negative and finite, got {}", self.weight_decay));
+            return fail(
+                "weight_decay",
+                format!("must be non-negative and finite, got {}", self.weight_decay),
+            );
         }
         if !(self.diagonal_eps.is_finite() && self.diagonal_eps > 0.0) {
-            return fail("diagonal_eps", format!("must be positive and finite, got {}", self.diagonal_eps));
+            return fail(
+                "diagonal_eps",
+                format!("must be positive and finite, got {}", self.diagonal_eps),
+            );
         }
         if self.root_method == RootMethod::Newton && self.newton_iterations == 0 {
-            return fail("newton_iterations", "must be at least 1 with RootMethod::Newton, got 0".into());
+            return fail(
+                "newton_iterations",
+                "must be at least 1 with RootMethod::Newton, got 0".into(),
+            );
         }
         if self.root_method != RootMethod::Newton && !cfg!(feature = "eigh") {
             return fail(
                 "root_method",
-                format!("{:?} needs the `eigh` Cargo feature of kradagrad-burn", self.root_method),
+                format!(
+                    "{:?} needs the `eigh` Cargo feature of kradagrad-burn",
+                    self.root_method
+                ),
             );
         }
         Ok(())

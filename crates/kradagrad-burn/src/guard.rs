@@ -23,7 +23,12 @@ pub fn keep_if<B: Backend, const R: usize>(
 /// back to the host: only used under `NonFiniteGradients::Panic`.
 #[allow(clippy::disallowed_methods)] // The user asked for a panic, which needs the flag on the host.
 pub fn panic_if_set<B: Backend>(flag: Tensor<B, 1, Bool>, shape: &[usize]) {
-    let set = flag.int().into_data().convert::<i64>().to_vec::<i64>().map(|v| v[0] != 0);
+    let set = flag
+        .int()
+        .into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .map(|v| v[0] != 0);
     if set.unwrap_or(false) {
         panic!("kradagrad-burn: the gradient of the parameter of shape {shape:?} holds NaN or Inf");
     }

@@ -226,12 +226,7 @@ impl BlockLayout {
     /// Concatenates the regions whose index starts with the digits chosen so
     /// far, along merged dim `i` (regions are numbered in mixed radix, dim 0
     /// most significant).
-    fn join<B: Backend>(
-        &self,
-        i: usize,
-        prefix: usize,
-        flats: &mut [Option<Tensor<B, 1>>],
-    ) -> Tensor<B, 1> {
+    fn join<B: Backend>(&self, i: usize, prefix: usize, flats: &mut [Option<Tensor<B, 1>>]) -> Tensor<B, 1> {
         if i == self.rank() {
             return flats[prefix].take().expect("each region used once");
         }
@@ -259,7 +254,7 @@ impl BlockLayout {
     /// Number of parts (1 or 2) of merged dim `i`.
     fn radix(&self, i: usize) -> usize {
         let b = self.regions[0].block_dims[i];
-        if self.dims[i] > b && self.dims[i] % b != 0 {
+        if self.dims[i] > b && !self.dims[i].is_multiple_of(b) {
             2
         } else {
             1
@@ -318,6 +313,7 @@ pub fn mode_product<B: Backend>(
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // Tests read results back.
 mod tests {
     use super::*;
     use burn::backend::NdArray;
@@ -327,7 +323,10 @@ mod tests {
 
     fn iota(n: usize) -> Tensor<B, 1> {
         let values: Vec<f64> = (0..n).map(|v| v as f64).collect();
-        Tensor::from_data(TensorData::new(values, [n]), (&Default::default(), burn::tensor::DType::F64))
+        Tensor::from_data(
+            TensorData::new(values, [n]),
+            (&Default::default(), burn::tensor::DType::F64),
+        )
     }
 
     fn values<const R: usize>(t: Tensor<B, R>) -> Vec<f64> {
@@ -348,7 +347,11 @@ mod tests {
     fn regions_cover_the_blocks() {
         let layout = BlockLayout::new(&[10, 20], Some(8), true);
         assert_eq!(layout.dims, vec![10, 20]);
-        let shapes: Vec<_> = layout.regions.iter().map(|r| (r.counts.clone(), r.block_dims.clone())).collect();
+        let shapes: Vec<_> = layout
+            .regions
+            .iter()
+            .map(|r| (r.counts.clone(), r.block_dims.clone()))
+            .collect();
         assert_eq!(
             shapes,
             vec![

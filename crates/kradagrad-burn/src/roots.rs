@@ -230,7 +230,11 @@ fn eigh_root<B: Backend>(a: Tensor<B, 3>, spec: RootSpec, force_f64: bool) -> Te
     let dtype = a.dtype();
     let in_f64 = force_f64 || dtype == DType::F64;
     let data = a.into_data();
-    let exponent = if spec.inverse { -1.0 / spec.order as f64 } else { 1.0 / spec.order as f64 };
+    let exponent = if spec.inverse {
+        -1.0 / spec.order as f64
+    } else {
+        1.0 / spec.order as f64
+    };
     let values: Vec<f64> = if in_f64 {
         let flat = data.convert::<f64>().to_vec::<f64>().expect("f64 data");
         flat.chunks(d * d)

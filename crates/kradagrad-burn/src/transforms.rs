@@ -129,3 +129,61 @@ fn add_opt<B: Backend, const D: usize>(a: Option<Tensor<B, D>>, b: Tensor<B, D>)
         None => b,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // Tests read results back.
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    type B = NdArray<f64>;
+
+    fn t(v: f64) -> Tensor<B, 1> {
+        Tensor::from_data([v], (&Default::default(), burn::tensor::DType::F64))
+    }
+
+    fn v(t: Tensor<B, 1>) -> f64 {
+        t.into_data().to_vec::<f64>().unwrap()[0]
+    }
+
+    #[test]
+    fn momentum_recurrences_follow_section_6() {
+        let mu = 0.9;
+        // Heavy ball: m = mu m + D, step m.
+        let (u, m) = apply_momentum(mu, None, Some(t(1.0)), t(2.0));
+        assert!((v(u) - 2.9).abs() < 1e-12 && (v(m.unwrap()) - 2.9).abs() < 1e-12);
+        // Textbook Nesterov: m = mu m + D, step D + mu m.
+        let (u, m) = apply_momentum(mu, Some(NesterovStyle::Textbook), Some(t(1.0)), t(2.0));
+        assert!((v(u) - (2.0 + 0.9 * 2.9)).abs() < 1e-12 && (v(m.unwrap()) - 2.9).abs() < 1e-12);
+        // The reference's recurrence: m = mu^2 m + (1 + mu) D, step m.
+        let (u, m) = apply_momentum(mu, Some(NesterovStyle::Reference), Some(t(1.0)), t(2.0));
+        let expected = 0.81 + 1.9 * 2.0;
+        assert!((v(u) - expected).abs() < 1e-12 && (v(m.unwrap()) - expected).abs() < 1e-12);
+        // No momentum: no buffer.
+        let (u, m) = apply_momentum(0.0, Some(NesterovStyle::Textbook), None, t(2.0));
+        assert_eq!((v(u), m.is_none()), (2.0, true));
+    }
+
+    #[test]
+    fn grafting_rescales_to_the_graft_norm() {
+        let grad: Tensor<B, 1> =
+            Tensor::from_data([3.0, 4.0], (&Default::default(), burn::tensor::DType::F64));
+        let direction: Tensor<B, 1> =
+            Tensor::from_data([0.0, 10.0], (&Default::default(), burn::tensor::DType::F64));
+        let sgd = graft(Grafting::SgdNorm, direction.clone(), &grad, None, 1e-6);
+        assert_eq!(sgd.into_data().to_vec::<f64>().unwrap(), vec![0.0, 5.0]);
+        let none = graft(Grafting::None, direction.clone(), &grad, None, 1e-6);
+        assert_eq!(none.into_data().to_vec::<f64>().unwrap(), vec![0.0, 10.0]);
+        // AdaGrad after one step: a = G^2, graft direction G / (|G| + eps) has norm ~ sqrt(2).
+        let acc = accumulate_graft(Grafting::AdaGrad, None, &grad, 1.0).unwrap();
+        let ada = graft(Grafting::AdaGrad, direction, &grad, Some(&acc), 1e-6);
+        let got = ada.into_data().to_vec::<f64>().unwrap()[1];
+        assert!((got - 2f64.sqrt()).abs() < 1e-6, "{got}");
+        // Adam accumulator decays by beta2 and adds G^2 without (1 - beta2).
+        let adam = accumulate_graft(Grafting::Adam, Some(acc), &grad, 0.5).unwrap();
+        assert_eq!(
+            adam.into_data().to_vec::<f64>().unwrap(),
+            vec![4.5 + 9.0, 8.0 + 16.0]
+        );
+    }
+}

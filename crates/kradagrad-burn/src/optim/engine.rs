@@ -73,14 +73,22 @@ pub(crate) fn step<B: Backend, const D: usize>(
         _ => kronecker_precondition(options, variant, &layout, &mut new, &grad),
     };
     new.graft = accumulate_graft(options.grafting, new.graft.take(), &grad, options.beta2);
-    let mut direction = graft(options.grafting, direction, &grad, new.graft.as_ref(), options.diagonal_eps);
+    let mut direction = graft(
+        options.grafting,
+        direction,
+        &grad,
+        new.graft.as_ref(),
+        options.diagonal_eps,
+    );
     let mut param = tensor.clone();
     if options.weight_decay != 0.0 {
         match options.weight_decay_style {
             WeightDecayStyle::L2AfterPreconditioning => {
                 direction = direction + tensor.clone().mul_scalar(options.weight_decay)
             }
-            WeightDecayStyle::Decoupled => param = param - tensor.clone().mul_scalar(lr * options.weight_decay),
+            WeightDecayStyle::Decoupled => {
+                param = param - tensor.clone().mul_scalar(lr * options.weight_decay)
+            }
         }
     }
     let nesterov = options.nesterov.then_some(options.nesterov_style);
@@ -143,7 +151,7 @@ fn kronecker_precondition<B: Backend, const D: usize>(
         return grad.clone();
     }
     let blocks = layout.split(grad.clone().reshape([layout.numel()]));
-    if tau % options.statistics_compute_steps == 0 {
+    if tau.is_multiple_of(options.statistics_compute_steps) {
         for ((group, region), b) in state.groups.iter_mut().zip(&layout.regions).zip(&blocks) {
             for (i, statistic) in group.statistics.iter_mut().enumerate() {
                 let gram = mode_gram(b.clone(), &region.block_dims, i);
@@ -154,14 +162,19 @@ fn kronecker_precondition<B: Backend, const D: usize>(
             }
         }
     }
-    if tau % options.preconditioning_compute_steps == 0 {
+    if tau.is_multiple_of(options.preconditioning_compute_steps) {
         let spec = match variant {
             Variant::Shampoo => shampoo::root_spec(k, options),
             _ => kradagrad_star::root_spec(k),
         };
         for group in &mut state.groups {
             for (root, statistic) in group.roots.iter_mut().zip(&group.statistics) {
-                *root = matrix_root(statistic.clone(), spec, options.root_method, options.newton_iterations);
+                *root = matrix_root(
+                    statistic.clone(),
+                    spec,
+                    options.root_method,
+                    options.newton_iterations,
+                );
             }
         }
     }

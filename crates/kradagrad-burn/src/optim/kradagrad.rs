@@ -68,7 +68,7 @@ pub(crate) fn precondition<B: Backend, const D: usize>(
     let blocks = layout.split(grad.clone().reshape([layout.numel()]));
     // On a statistics step: the dim, and the gradient with every other mode preconditioned.
     let mut partial: Option<(usize, Vec<Tensor<B, 2>>)> = None;
-    if t % options.statistics_compute_steps == 0 {
+    if t.is_multiple_of(options.statistics_compute_steps) {
         let i = dim_for_step(t, &layout.dims);
         let tilde: Vec<_> = blocks
             .iter()
@@ -79,13 +79,17 @@ pub(crate) fn precondition<B: Backend, const D: usize>(
         for ((group, region), gt) in state.groups.iter_mut().zip(&layout.regions).zip(&tilde) {
             let m = mode_gram(gt.clone(), &region.block_dims, i);
             let s = &group.statistics[i];
-            let s = if options.beta2 < 1.0 { s.clone().div_scalar(options.beta2) } else { s.clone() };
+            let s = if options.beta2 < 1.0 {
+                s.clone().div_scalar(options.beta2)
+            } else {
+                s.clone()
+            };
             group.statistics[i] = krad_mm_update(s, m, options.matrix_eps);
         }
         state.stale_dims[i] = true;
         partial = Some((i, tilde));
     }
-    if t % options.preconditioning_compute_steps == 0 {
+    if t.is_multiple_of(options.preconditioning_compute_steps) {
         for (j, stale) in state.stale_dims.iter_mut().enumerate() {
             if *stale {
                 for group in &mut state.groups {

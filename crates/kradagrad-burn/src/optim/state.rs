@@ -35,7 +35,13 @@ pub struct PreconditionerState<B: Backend, const D: usize> {
 
 impl<B: Backend, const D: usize> PreconditionerState<B, D> {
     /// A fresh state: statistics `scale * I`, roots `I`, no buffers, in `dtype`.
-    pub(crate) fn new(layout: &BlockLayout, scale: f64, stale: bool, device: &B::Device, dtype: DType) -> Self {
+    pub(crate) fn new(
+        layout: &BlockLayout,
+        scale: f64,
+        stale: bool,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Self {
         let groups = layout
             .regions
             .iter()
@@ -81,19 +87,31 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
         }
         for (group, region) in self.groups.iter().zip(&layout.regions) {
             if group.statistics.len() != layout.rank() || group.roots.len() != layout.rank() {
-                mismatch(format!("factors for rank {} stored, rank {} expected", group.statistics.len(), layout.rank()));
+                mismatch(format!(
+                    "factors for rank {} stored, rank {} expected",
+                    group.statistics.len(),
+                    layout.rank()
+                ));
             }
             for (i, &d) in region.block_dims.iter().enumerate() {
                 let expected = [region.num_blocks(), d, d];
                 for t in [&group.statistics[i], &group.roots[i]] {
                     if t.dims() != expected {
-                        mismatch(format!("a factor of shape {:?} stored, {:?} expected", t.dims(), expected));
+                        mismatch(format!(
+                            "a factor of shape {:?} stored, {:?} expected",
+                            t.dims(),
+                            expected
+                        ));
                     }
                 }
             }
         }
         if stale && self.stale_dims.len() != layout.rank() {
-            mismatch(format!("{} stale-dim flags stored, {} expected", self.stale_dims.len(), layout.rank()));
+            mismatch(format!(
+                "{} stale-dim flags stored, {} expected",
+                self.stale_dims.len(),
+                layout.rank()
+            ));
         }
         for buffer in [&self.graft, &self.momentum].into_iter().flatten() {
             if buffer.dims().to_vec() != layout.shape {
