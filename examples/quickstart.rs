@@ -76,7 +76,9 @@ fn main() {
             ("--optimizer", Some(v)) => optimizer = v.clone(),
             ("--steps", Some(v)) => steps = v.parse().expect("--steps takes a number"),
             _ => {
-                eprintln!("usage: quickstart [--optimizer kradagrad-star|kradagrad|shampoo|adam] [--steps N]");
+                eprintln!(
+                    "usage: quickstart [--optimizer kradagrad-star|kradagrad|shampoo|adam] [--steps N]"
+                );
                 std::process::exit(2);
             }
         }

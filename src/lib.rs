@@ -3,3 +3,8 @@
 
 pub mod replay;
 pub mod spd;
+
+/// The README's code blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -3,7 +3,7 @@
 //! accuracy tests and `examples/root_accuracy.rs`).
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
-use kradagrad_burn::roots::{matrix_root, newton_root, RootMethod, RootSpec};
+use kradagrad_burn::roots::{matrix_root, staged_newton_root, RootMethod, RootSpec};
 use nalgebra::DMatrix;
 use rand::{rngs::StdRng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
@@ -101,8 +101,9 @@ pub fn root_error<B: Backend>(
     relative_error(&from_tensor(root), &oracle_root(&a, order, inverse))
 }
 
-/// Like [`root_error`] for the Newton method, also returning the iterations
-/// the matrix took.
+/// Like [`root_error`] for the (staged) Newton method that
+/// `RootMethod::Newton` uses, also returning the iterations the matrix took
+/// (all stages together).
 pub fn newton_error<B: Backend>(
     d: usize,
     condition: f64,
@@ -118,7 +119,7 @@ pub fn newton_error<B: Backend>(
         shift: 0.0,
         floor: 0.0,
     };
-    let result = newton_root(to_tensor::<B>(&a, &Default::default()), spec, max_iterations);
+    let result = staged_newton_root(to_tensor::<B>(&a, &Default::default()), spec, max_iterations);
     let iterations = result
         .iterations
         .into_data()

@@ -2,7 +2,8 @@
 //! random SPD matrices (relative spectral-norm error), with the bounds of the
 //! core-library issue:
 //! - f64, positive and inverse roots, p = 2, 4, 6, 8, condition up to 1e8: <= 1e-8;
-//! - f32 positive 4th root: <= 1e-4 at condition 1e4, <= 1e-2 at 1e8;
+//! - f32 positive 4th root: <= 1e-4 at condition 1e4, <= 1e-2 at 1e8 (at d = 32;
+//!   see the test's comment for other sizes);
 //! - f32 inverse 4th root: <= 1e-4 at condition 1e4.
 //!
 //! `examples/root_accuracy.rs` prints the full table quoted in docs/algorithm.md.
@@ -40,13 +41,38 @@ fn f64_newton_roots_are_accurate_to_1e_8_up_to_condition_1e8() {
 }
 
 #[test]
-fn f32_newton_fourth_roots_meet_their_bounds() {
-    let positive = |cond| root_error::<NdArray<f32>>(D, cond, 4, false, RootMethod::Newton, ITERATIONS, 11);
-    let inverse = |cond| root_error::<NdArray<f32>>(D, cond, 4, true, RootMethod::Newton, ITERATIONS, 11);
-    let (p4, p8, i4) = (positive(1e4), positive(1e8), inverse(1e4));
-    assert!(p4 <= 1e-4, "positive 4th root, cond 1e4: {p4:e}");
-    assert!(p8 <= 1e-2, "positive 4th root, cond 1e8: {p8:e}");
-    assert!(i4 <= 1e-4, "inverse 4th root, cond 1e4: {i4:e}");
+fn f32_newton_fourth_roots_meet_their_bounds_at_condition_1e4() {
+    let positive = root_error::<NdArray<f32>>(D, 1e4, 4, false, RootMethod::Newton, ITERATIONS, 11);
+    let inverse = root_error::<NdArray<f32>>(D, 1e4, 4, true, RootMethod::Newton, ITERATIONS, 11);
+    assert!(positive <= 1e-4, "positive 4th root, cond 1e4: {positive:e}");
+    assert!(inverse <= 1e-4, "inverse 4th root, cond 1e4: {inverse:e}");
+}
+
+/// Worst error over seeds 0..6 of the f32 positive 4th root at condition 1e8.
+fn worst_f32_fourth_root_at_1e8(d: usize, method: RootMethod) -> f64 {
+    (0..6)
+        .map(|seed| root_error::<NdArray<f32>>(d, 1e8, 4, false, method, ITERATIONS, seed))
+        .fold(0.0, f64::max)
+}
+
+/// At condition 1e8 an fp32 4th root sits on the fp32 floor (ALGORITHM.md
+/// section 7: about 1e-2 whatever the method), which grows with the size. The
+/// issue's bound (<= 1e-2) is checked at d = 32 over six seeds; at the other
+/// sizes the device iteration must stay within 2.5x of what an fp32
+/// eigendecomposition achieves on the same matrices (docs/algorithm.md has the
+/// table).
+#[test]
+fn f32_newton_fourth_root_at_condition_1e8_is_on_the_fp32_floor() {
+    let at_32 = worst_f32_fourth_root_at_1e8(32, RootMethod::Newton);
+    assert!(at_32 <= 1e-2, "positive 4th root, cond 1e8, d = 32: {at_32:e}");
+    for d in [16, 64, 128] {
+        let newton = worst_f32_fourth_root_at_1e8(d, RootMethod::Newton);
+        let eigh = worst_f32_fourth_root_at_1e8(d, RootMethod::Eigh);
+        assert!(
+            newton <= 2.5 * eigh,
+            "d = {d}: Newton {newton:e} vs fp32 eigendecomposition {eigh:e}"
+        );
+    }
 }
 
 #[test]
