@@ -138,7 +138,7 @@ pub fn staged_newton_root<B: Backend>(
     let mut iterations: Option<Tensor<B, 1>> = None;
     let add =
         |total: Option<Tensor<B, 1>>, more: Tensor<B, 1>| Some(total.map_or(more.clone(), |t| t + more));
-    while !spec.inverse && order % 2 == 0 && order > 2 {
+    while !spec.inverse && order.is_multiple_of(2) && order > 2 {
         let stage = newton_root(
             a,
             RootSpec {
