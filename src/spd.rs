@@ -74,6 +74,17 @@ pub fn from_tensor<B: Backend>(t: Tensor<B, 3>) -> DMatrix<f64> {
     DMatrix::from_row_slice(d, d, &values)
 }
 
+/// A random SPD test matrix and the root to take of it.
+fn problem(d: usize, condition: f64, order: u32, inverse: bool, seed: u64) -> (DMatrix<f64>, RootSpec) {
+    let spec = RootSpec {
+        order,
+        inverse,
+        shift: 0.0,
+        floor: 0.0,
+    };
+    (random_spd(d, condition, seed), spec)
+}
+
 /// The relative spectral-norm error of the library's root of a random SPD
 /// matrix (size `d`, given condition) on backend `B`.
 pub fn root_error<B: Backend>(
@@ -85,13 +96,7 @@ pub fn root_error<B: Backend>(
     max_iterations: usize,
     seed: u64,
 ) -> f64 {
-    let a = random_spd(d, condition, seed);
-    let spec = RootSpec {
-        order,
-        inverse,
-        shift: 0.0,
-        floor: 0.0,
-    };
+    let (a, spec) = problem(d, condition, order, inverse, seed);
     let root = matrix_root(
         to_tensor::<B>(&a, &Default::default()),
         spec,
@@ -112,13 +117,7 @@ pub fn newton_error<B: Backend>(
     max_iterations: usize,
     seed: u64,
 ) -> (f64, usize) {
-    let a = random_spd(d, condition, seed);
-    let spec = RootSpec {
-        order,
-        inverse,
-        shift: 0.0,
-        floor: 0.0,
-    };
+    let (a, spec) = problem(d, condition, order, inverse, seed);
     let result = staged_newton_root(to_tensor::<B>(&a, &Default::default()), spec, max_iterations);
     let iterations = result
         .iterations
