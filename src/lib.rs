@@ -1,6 +1,7 @@
 //! Support code for the workspace's examples and integration tests: the
 //! reference-vector replay used by `examples/replay.rs` and `tests/parity.rs`.
 
+pub mod mlp;
 pub mod replay;
 pub mod spd;
 

@@ -237,8 +237,19 @@ fn build(case: &Case, options: ReplayOptions) -> Result<Built, String> {
     Ok(built)
 }
 
-/// Replays one case.
+/// Replays one case on burn-ndarray: `NdArray<f64>` for f64 cases and
+/// `NdArray<f32>` for f32 cases.
 pub fn replay(case: &Case, options: ReplayOptions) -> Outcome {
+    match case.dtype.as_str() {
+        "f64" => replay_on::<NdArray<f64>>(case, options, &Default::default()),
+        "f32" => replay_on::<NdArray<f32>>(case, options, &Default::default()),
+        other => Outcome::Unsupported(format!("unsupported: dtype {other}")),
+    }
+}
+
+/// Replays one case on backend `B`, whose float type must be the case's
+/// dtype. The tolerance is 1e-6 for f64 cases and 1e-3 for f32 cases.
+pub fn replay_on<B: Backend>(case: &Case, options: ReplayOptions, device: &B::Device) -> Outcome {
     let built = match build(case, options) {
         Ok(b) => b,
         Err(reason) => return Outcome::Unsupported(reason),
@@ -251,12 +262,19 @@ pub fn replay(case: &Case, options: ReplayOptions) -> Outcome {
     if !sizes_ok {
         return Outcome::Unsupported("unsupported: inconsistent sizes in the case".into());
     }
-    let result = match case.dtype.as_str() {
-        "f64" => by_rank::<NdArray<f64>>(case, &built),
-        "f32" => by_rank::<NdArray<f32>>(case, &built),
-        other => Err(format!("unsupported: dtype {other}")),
+    let expected_dtype = match case.dtype.as_str() {
+        "f64" => burn::tensor::DType::F64,
+        "f32" => burn::tensor::DType::F32,
+        other => return Outcome::Unsupported(format!("unsupported: dtype {other}")),
     };
-    match result {
+    if crate::spd::float_dtype::<B>() != expected_dtype {
+        return Outcome::Unsupported(format!(
+            "unsupported: a {} case on a {:?} backend",
+            case.dtype,
+            crate::spd::float_dtype::<B>()
+        ));
+    }
+    match by_rank::<B>(case, &built, device) {
         Ok(error) => Outcome::Replayed {
             error,
             tolerance: if case.dtype == "f64" { 1e-6 } else { 1e-3 },
@@ -265,38 +283,42 @@ pub fn replay(case: &Case, options: ReplayOptions) -> Outcome {
     }
 }
 
-fn by_rank<B: Backend>(case: &Case, built: &Built) -> Result<f64, String> {
+fn by_rank<B: Backend>(case: &Case, built: &Built, device: &B::Device) -> Result<f64, String> {
     match case.shape.len() {
-        1 => Ok(by_optimizer::<B, 1>(case, built)),
-        2 => Ok(by_optimizer::<B, 2>(case, built)),
-        3 => Ok(by_optimizer::<B, 3>(case, built)),
-        4 => Ok(by_optimizer::<B, 4>(case, built)),
-        5 => Ok(by_optimizer::<B, 5>(case, built)),
-        6 => Ok(by_optimizer::<B, 6>(case, built)),
+        1 => Ok(by_optimizer::<B, 1>(case, built, device)),
+        2 => Ok(by_optimizer::<B, 2>(case, built, device)),
+        3 => Ok(by_optimizer::<B, 3>(case, built, device)),
+        4 => Ok(by_optimizer::<B, 4>(case, built, device)),
+        5 => Ok(by_optimizer::<B, 5>(case, built, device)),
+        6 => Ok(by_optimizer::<B, 6>(case, built, device)),
         r => Err(format!("unsupported: rank {r}")),
     }
 }
 
-fn by_optimizer<B: Backend, const D: usize>(case: &Case, built: &Built) -> f64 {
+fn by_optimizer<B: Backend, const D: usize>(case: &Case, built: &Built, device: &B::Device) -> f64 {
     match built {
-        Built::Star(c) => trajectory_error::<B, D, _>(case, &c.build()),
-        Built::Mm(c) => trajectory_error::<B, D, _>(case, &c.build()),
-        Built::Shampoo(c) => trajectory_error::<B, D, _>(case, &c.build()),
+        Built::Star(c) => trajectory_error::<B, D, _>(case, &c.build(), device),
+        Built::Mm(c) => trajectory_error::<B, D, _>(case, &c.build(), device),
+        Built::Shampoo(c) => trajectory_error::<B, D, _>(case, &c.build(), device),
     }
 }
 
-fn tensor<B: Backend, const D: usize>(values: &[f64], shape: &[usize]) -> Tensor<B, D> {
+fn tensor<B: Backend, const D: usize>(values: &[f64], shape: &[usize], device: &B::Device) -> Tensor<B, D> {
     let data = TensorData::new(values.to_vec(), shape.to_vec());
-    Tensor::from_data(data, (&Default::default(), crate::spd::float_dtype::<B>()))
+    Tensor::from_data(data, (device, crate::spd::float_dtype::<B>()))
 }
 
 /// Runs the trajectory and returns the section 9 error.
-fn trajectory_error<B: Backend, const D: usize, O: SimpleOptimizer<B>>(case: &Case, optim: &O) -> f64 {
-    let mut param: Tensor<B, D> = tensor(&case.init, &case.shape);
+fn trajectory_error<B: Backend, const D: usize, O: SimpleOptimizer<B>>(
+    case: &Case,
+    optim: &O,
+    device: &B::Device,
+) -> f64 {
+    let mut param: Tensor<B, D> = tensor(&case.init, &case.shape, device);
     let mut state = None;
     let mut worst = 0.0f64;
     for (grad, expected) in case.grads.iter().zip(&case.params) {
-        let (next, next_state) = optim.step(case.lr, param, tensor(grad, &case.shape), state);
+        let (next, next_state) = optim.step(case.lr, param, tensor(grad, &case.shape, device), state);
         param = next;
         state = next_state;
         assert_eq!(

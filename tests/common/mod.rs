@@ -1,0 +1,611 @@
+//! Optimizer tests written once and instantiated for every backend by
+//! [`backend_tests!`]: parity with the reference vectors, the KrAD properties,
+//! root bounds, every shape class through `OptimizerAdaptor`, non-finite
+//! gradients, and checkpoints.
+#![allow(dead_code)] // Each test binary uses the part it instantiates.
+
+use burn::module::{Module, Param};
+use burn::optim::{Optimizer, SimpleOptimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use kradagrad_burn::krad::{krad_mm_update, krad_star_update};
+use kradagrad_burn::{
+    Grafting, KradagradConfig, KradagradStarConfig, PreconditionerState, RootMethod, ShampooConfig,
+    WeightDecayStyle,
+};
+use kradagrad_burn_suite::mlp::{regression_data, train, Mlp};
+use kradagrad_burn_suite::replay::{replay_on, ReplayOptions, VectorFile};
+use kradagrad_burn_suite::spd::{
+    float_dtype, from_tensor, random_orthogonal, root_error, spectral_norm, to_tensor,
+};
+use nalgebra::{DMatrix, DVector};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed, TestRunner};
+use rand::{rngs::StdRng, SeedableRng};
+use rand_distr::{Distribution as _, StandardNormal};
+
+/// Instantiates every generic optimizer test for one backend.
+///
+/// `$f32`/`$f64`: the backend in each precision; `$device`: its device;
+/// `$ready`: an expression giving `Some(guard)` when the backend can run
+/// (held for the whole test) or `None` to skip; `$f64_ready`: the same for the
+/// f64 variant.
+#[macro_export]
+macro_rules! backend_tests {
+    ($f32:ty, $f64:ty, $device:expr, $ready:expr, $f64_ready:expr, resume_tolerance = $tolerance:expr) => {
+        #[test]
+        fn parity_f32_cases() {
+            let Some(_guard) = $ready else { return };
+            common::parity::<$f32>(&$device, "f32");
+        }
+
+        #[test]
+        fn parity_f64_cases() {
+            let Some(_guard) = $f64_ready else { return };
+            common::parity::<$f64>(&$device, "f64");
+        }
+
+        #[test]
+        fn krad_properties_f32() {
+            let Some(_guard) = $ready else { return };
+            common::krad_properties::<$f32>(&$device, 4.0, 1e-5);
+        }
+
+        #[test]
+        fn krad_properties_f64() {
+            let Some(_guard) = $f64_ready else { return };
+            common::krad_properties::<$f64>(&$device, 8.0, 1e-12);
+        }
+
+        #[test]
+        fn f32_root_bounds() {
+            let Some(_guard) = $ready else { return };
+            common::f32_root_bounds::<$f32>(&$device);
+        }
+
+        #[test]
+        fn every_shape_class_trains() {
+            let Some(_guard) = $ready else { return };
+            common::every_shape_class_trains::<burn::backend::Autodiff<$f32>>(&$device);
+        }
+
+        #[test]
+        fn non_finite_gradients_change_nothing() {
+            let Some(_guard) = $ready else { return };
+            common::non_finite_gradients_change_nothing::<$f32>(&$device);
+        }
+
+        #[test]
+        fn training_losses_fall_for_every_optimizer() {
+            let Some(_guard) = $ready else { return };
+            common::training_losses_fall::<burn::backend::Autodiff<$f32>>(&$device);
+        }
+
+        #[test]
+        fn checkpoints_resume() {
+            let Some(_guard) = $ready else { return };
+            common::checkpoint_resume::<burn::backend::Autodiff<$f32>>(&$device, $tolerance);
+        }
+
+        #[test]
+        fn damaged_checkpoints_are_clear_errors() {
+            let Some(_guard) = $ready else { return };
+            common::damaged_checkpoints_are_clear_errors::<burn::backend::Autodiff<$f32>>(&$device);
+        }
+
+        #[test]
+        fn a_loaded_state_that_does_not_fit_is_a_clear_error() {
+            let Some(_guard) = $ready else { return };
+            common::mismatched_state_after_load::<burn::backend::Autodiff<$f32>>(&$device);
+        }
+    };
+}
+
+// ---------------------------------------------------------------- parity
+
+/// Every reference case of the given dtype, on `B`, with the default device
+/// Newton roots.
+pub fn parity<B: Backend>(device: &B::Device, dtype: &str) {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/reference_vectors.json"
+    ))
+    .expect("reference vectors");
+    let vectors: VectorFile = serde_json::from_str(&text).expect("valid vector file");
+    let cases: Vec<_> = vectors.cases.iter().filter(|c| c.dtype == dtype).collect();
+    assert!(!cases.is_empty());
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|case| {
+            let outcome = replay_on::<B>(case, ReplayOptions::default(), device);
+            (!outcome.passed()).then(|| format!("{}: {outcome:?}", case.name))
+        })
+        .collect();
+    assert!(failures.is_empty(), "failed {dtype} cases: {failures:#?}");
+}
+
+// ---------------------------------------------------------------- KrAD properties
+
+/// A random SPD matrix with eigenvalues log-uniform over `[10^(log_scale - log_cond), 10^log_scale]`.
+fn spd(d: usize, log_cond: f64, log_scale: f64, seed: u64) -> DMatrix<f64> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let q = random_orthogonal(d, &mut rng);
+    let lambda = DVector::from_fn(d, |i, _| {
+        10f64.powf(log_scale - log_cond * i as f64 / (d - 1).max(1) as f64)
+    });
+    let a = &q * DMatrix::from_diagonal(&lambda) * q.transpose();
+    (&a + a.transpose()) * 0.5
+}
+
+/// A random PSD Gram matrix `G G^T / r` of rank `r`, scaled by `10^log_scale`.
+fn gram(d: usize, rank: usize, log_scale: f64, seed: u64) -> DMatrix<f64> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let g = DMatrix::<f64>::from_fn(d, rank, |_, _| StandardNormal.sample(&mut rng));
+    let m = &g * g.transpose() * (10f64.powf(log_scale) / rank as f64);
+    (&m + m.transpose()) * 0.5
+}
+
+fn min_eigenvalue(a: &DMatrix<f64>) -> f64 {
+    let sym = (a + a.transpose()) * 0.5;
+    sym.symmetric_eigen()
+        .eigenvalues
+        .iter()
+        .fold(f64::INFINITY, |m, &e| m.min(e))
+}
+
+/// `(S^-1 + M)^-1 = S^(1/2) (I + S^(1/2) M S^(1/2))^-1 S^(1/2)`, stable for
+/// ill-conditioned `S` because the inverted matrix is `>= I`.
+fn exact_accumulation(s: &DMatrix<f64>, m: &DMatrix<f64>) -> DMatrix<f64> {
+    let eig = s.clone().symmetric_eigen();
+    let half = &eig.eigenvectors
+        * DMatrix::from_diagonal(&eig.eigenvalues.map(f64::sqrt))
+        * eig.eigenvectors.transpose();
+    let d = s.nrows();
+    let inner = DMatrix::<f64>::identity(d, d) + &half * m * &half;
+    &half * inner.try_inverse().expect("I + PSD is invertible") * &half
+}
+
+/// Checks the three properties of section 1 for one update of `s` by `m`.
+fn check_krad<B: Backend>(
+    device: &B::Device,
+    frobenius: bool,
+    s: &DMatrix<f64>,
+    m: &DMatrix<f64>,
+    tolerance: f64,
+) -> Result<(), TestCaseError> {
+    // The inputs as the backend holds them (rounded to its precision).
+    let s_in = from_tensor(to_tensor::<B>(s, device));
+    let m_in = from_tensor(to_tensor::<B>(m, device));
+    let (st, mt) = (to_tensor::<B>(&s_in, device), to_tensor::<B>(&m_in, device));
+    prop_assert_eq!(st.dtype(), float_dtype::<B>());
+    let s_new = from_tensor(if frobenius {
+        krad_mm_update(st, mt, 0.0)
+    } else {
+        krad_star_update(st, mt)
+    });
+    let tol = tolerance * spectral_norm(&s_in);
+    let asym = (&s_new - s_new.transpose()).abs().max();
+    prop_assert!(asym <= tol, "not symmetric: {asym:e} > {tol:e}");
+    prop_assert!(
+        min_eigenvalue(&s_new) > 0.0,
+        "not positive definite: {:e}",
+        min_eigenvalue(&s_new)
+    );
+    let decrease = min_eigenvalue(&(&s_in - &s_new));
+    prop_assert!(decrease >= -tol, "S - S_new not PSD: {decrease:e} < -{tol:e}");
+    // The oracle uses the intended PSD `m`: its rounding to the backend's
+    // precision (`m_in`) need not be PSD any more (a large rank-1 M in f32
+    // gets negative eigenvalues of order u ||M||), and the property is about
+    // PSD Gram matrices.
+    let dominance = min_eigenvalue(&(&s_new - exact_accumulation(&s_in, m)));
+    prop_assert!(
+        dominance >= -tol,
+        "S_new - (S^-1 + M)^-1 not PSD: {dominance:e} < -{tol:e}"
+    );
+    Ok(())
+}
+
+/// Property test (fixed seed, 48 cases) of the bare KrAD update of section 1
+/// on random SPD `S` (condition up to `10^max_log_cond`) and PSD `M`, for both
+/// denominators (trace with `c = d`; Frobenius with `c = 1`, no damping).
+/// Tolerances are relative to `||S||`: 1e-12 in f64, 1e-5 in f32 (round-off of
+/// `d`-term sums, d <= 24).
+pub fn krad_properties<B: Backend>(device: &B::Device, max_log_cond: f64, tolerance: f64) {
+    let config = Config {
+        cases: 48,
+        rng_seed: RngSeed::Fixed(20230530),
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let strategy = (
+        prop::sample::select(vec![2usize, 5, 11, 24]),
+        1usize..8,
+        0.0..max_log_cond,
+        -3.0f64..3.0,
+        -3.0f64..3.0,
+        any::<u64>(),
+        any::<bool>(),
+    );
+    runner
+        .run(&strategy, |(d, rank, log_cond, log_s, log_m, seed, frobenius)| {
+            let s = spd(d, log_cond, log_s, seed);
+            // Scale M so that S M ranges from negligible to dominant.
+            let m = gram(d, rank.min(d), log_m - log_s, seed);
+            check_krad::<B>(device, frobenius, &s, &m, tolerance)
+        })
+        .unwrap();
+}
+
+// ---------------------------------------------------------------- roots
+
+/// The f32 bounds at condition 1e4 (d = 48): positive and inverse 4th roots
+/// within 1e-4 of an f64 eigendecomposition.
+pub fn f32_root_bounds<B: Backend>(device: &B::Device) {
+    let _ = device; // The helpers use the backend's default device.
+    let positive = root_error::<B>(48, 1e4, 4, false, RootMethod::Newton, 40, 11);
+    let inverse = root_error::<B>(48, 1e4, 4, true, RootMethod::Newton, 40, 11);
+    assert!(positive <= 1e-4, "positive 4th root, cond 1e4: {positive:e}");
+    assert!(inverse <= 1e-4, "inverse 4th root, cond 1e4: {inverse:e}");
+}
+
+// ---------------------------------------------------------------- shapes
+
+/// Every shape class in one module: ranks 1 to 4, dims of 1, blocked and
+/// merged shapes, a conv kernel, merged rank 0, and a parameter with no gradient.
+#[derive(Module, Debug)]
+pub struct Zoo<B: Backend> {
+    vector: Param<Tensor<B, 1>>,
+    scalar: Param<Tensor<B, 1>>,
+    blocked: Param<Tensor<B, 2>>,
+    row: Param<Tensor<B, 2>>,
+    cube: Param<Tensor<B, 3>>,
+    conv: Param<Tensor<B, 4>>,
+    ones_inside: Param<Tensor<B, 4>>,
+    unused: Param<Tensor<B, 2>>,
+}
+
+/// A tensor with standard normal entries, made on the host from `seed`.
+pub fn normal<B: Backend, const D: usize>(shape: [usize; D], seed: u64, device: &B::Device) -> Tensor<B, D> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    let values: Vec<f64> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
+    Tensor::from_data(TensorData::new(values, shape), (device, float_dtype::<B>()))
+}
+
+fn zoo<B: Backend>(device: &B::Device) -> Zoo<B> {
+    Zoo {
+        vector: Param::from_tensor(normal([5], 1, device)),
+        scalar: Param::from_tensor(normal([1], 2, device)),
+        blocked: Param::from_tensor(normal([10, 20], 3, device)),
+        row: Param::from_tensor(normal([1, 7], 4, device)),
+        cube: Param::from_tensor(normal([3, 4, 5], 5, device)),
+        conv: Param::from_tensor(normal([64, 3, 3, 3], 6, device)),
+        ones_inside: Param::from_tensor(normal([2, 1, 3, 1], 7, device)),
+        unused: Param::from_tensor(normal([4, 4], 8, device)),
+    }
+}
+
+/// `sum(c * (p - 1)^2)` with fixed per-parameter curvature; `unused` gets no gradient.
+fn zoo_loss<B: Backend>(z: &Zoo<B>) -> Tensor<B, 1> {
+    fn q<B: Backend, const D: usize>(p: &Param<Tensor<B, D>>, c: f64) -> Tensor<B, 1> {
+        p.val().sub_scalar(1.0).square().mul_scalar(c).sum()
+    }
+    q(&z.vector, 1.0)
+        + q(&z.scalar, 2.0)
+        + q(&z.blocked, 0.5)
+        + q(&z.row, 1.5)
+        + q(&z.cube, 1.0)
+        + q(&z.conv, 0.2)
+        + q(&z.ones_inside, 3.0)
+}
+
+fn train_zoo<B: AutodiffBackend>(device: &B::Device, mut optimizer: impl Optimizer<Zoo<B>, B>, lr: f64) {
+    let mut model = zoo::<B>(device);
+    let unused_before = model.unused.val().into_data();
+    let first = kradagrad_burn_suite::mlp::scalar(zoo_loss(&model).inner());
+    for _ in 0..30 {
+        let grads = burn::optim::GradientsParams::from_grads(zoo_loss(&model).backward(), &model);
+        model = optimizer.step(lr, model, grads);
+    }
+    let last = kradagrad_burn_suite::mlp::scalar(zoo_loss(&model).inner());
+    assert!(last.is_finite() && last < 0.5 * first, "loss {first} -> {last}");
+    assert_eq!(
+        model.unused.val().into_data(),
+        unused_before,
+        "a parameter with no gradient must not move"
+    );
+}
+
+/// Trains the [`Zoo`] with each optimizer through `OptimizerAdaptor`.
+pub fn every_shape_class_trains<B: AutodiffBackend>(device: &B::Device) {
+    // Block size 8: [10, 20] and the conv kernel (merged [64, 27]) are blocked with remainders.
+    let star = KradagradStarConfig::new()
+        .with_block_size(Some(8))
+        .with_preconditioning_compute_steps(5);
+    train_zoo::<B>(device, star.init(), 0.05);
+    let mm = KradagradConfig::new()
+        .with_block_size(Some(8))
+        .with_preconditioning_compute_steps(5);
+    train_zoo::<B>(device, mm.init(), 0.02);
+    let shampoo = ShampooConfig::new()
+        .with_block_size(Some(8))
+        .with_preconditioning_compute_steps(5);
+    train_zoo::<B>(device, shampoo.init(), 0.05);
+    // No blocking and no merging.
+    let unblocked = KradagradStarConfig::new()
+        .with_block_size(None)
+        .with_merge_dims(false);
+    train_zoo::<B>(device, unblocked.init(), 0.05);
+}
+
+// ---------------------------------------------------------------- non-finite gradients
+
+/// Every tensor of a state, read back, in a fixed order.
+pub fn snapshot<B: Backend, const D: usize>(state: &PreconditionerState<B, D>) -> Vec<TensorData> {
+    let mut out: Vec<TensorData> = state
+        .groups
+        .iter()
+        .flat_map(|g| {
+            g.statistics
+                .iter()
+                .chain(&g.roots)
+                .map(|t| t.to_data())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for buffer in [&state.graft, &state.momentum].into_iter().flatten() {
+        out.push(buffer.to_data());
+    }
+    out
+}
+
+fn skip_non_finite<B: Backend, O: SimpleOptimizer<B, State<2> = PreconditionerState<B, 2>>>(
+    optimizer: O,
+    device: &B::Device,
+) {
+    // [10, 6] at block size 4: several regions; roots every 2 steps so a bad step is a root step.
+    let mut w = normal::<B, 2>([10, 6], 1, device);
+    let mut state = None;
+    for seed in 0..3 {
+        let (w1, s1) = optimizer.step(0.1, w, normal([10, 6], 10 + seed, device), state);
+        w = w1;
+        state = s1;
+    }
+    for (i, bad) in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY]
+        .into_iter()
+        .enumerate()
+    {
+        let before = (
+            w.to_data(),
+            snapshot(state.as_ref().unwrap()),
+            state.as_ref().unwrap().step,
+        );
+        let mut values = normal::<B, 2>([10, 6], 20 + i as u64, device)
+            .to_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .unwrap();
+        values[3 * 6 + 2] = bad;
+        let g = Tensor::from_data(TensorData::new(values, [10, 6]), (device, float_dtype::<B>()));
+        let (w1, s1) = optimizer.step(0.1, w, g, state);
+        let s1 = s1.unwrap();
+        assert_eq!(w1.to_data(), before.0, "the parameter moved on a {bad} gradient");
+        assert_eq!(
+            snapshot(&s1),
+            before.1,
+            "a state tensor changed on a {bad} gradient"
+        );
+        assert_eq!(s1.step, before.2 + 1, "the step counter advances");
+        w = w1;
+        state = Some(s1);
+    }
+    // Training goes on normally afterwards.
+    let (w1, _) = optimizer.step(0.1, w.clone(), normal([10, 6], 30, device), state);
+    assert!(w1
+        .to_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .unwrap()
+        .iter()
+        .all(|v| v.is_finite()));
+    assert_ne!(w1.to_data(), w.to_data());
+}
+
+/// A NaN or Inf gradient leaves the parameter and every state tensor exactly
+/// as they were, for each optimizer (with graftings that keep accumulators
+/// and both weight-decay styles).
+pub fn non_finite_gradients_change_nothing<B: Backend>(device: &B::Device) {
+    let star = KradagradStarConfig::new()
+        .with_block_size(Some(4))
+        .with_preconditioning_compute_steps(2)
+        .with_grafting(Grafting::Adam)
+        .with_weight_decay(0.01);
+    skip_non_finite::<B, _>(star.build(), device);
+    let mm = KradagradConfig::new()
+        .with_block_size(Some(4))
+        .with_preconditioning_compute_steps(2);
+    skip_non_finite::<B, _>(mm.build(), device);
+    let shampoo = ShampooConfig::new()
+        .with_block_size(Some(4))
+        .with_preconditioning_compute_steps(2)
+        .with_grafting(Grafting::AdaGrad)
+        .with_weight_decay(0.01)
+        .with_weight_decay_style(WeightDecayStyle::Decoupled);
+    skip_non_finite::<B, _>(shampoo.build(), device);
+}
+
+// ---------------------------------------------------------------- training loops
+
+/// The regression problem and network the training tests share.
+pub fn problem<B: Backend>(device: &B::Device) -> (Mlp<B>, (Tensor<B, 2>, Tensor<B, 2>)) {
+    (
+        Mlp::new(&[4, 32, 32, 2], device),
+        regression_data(128, 4, 2, 7, device),
+    )
+}
+
+/// Each optimizer trains the MLP through autodiff and `OptimizerAdaptor`; the
+/// loss must fall below half its start in 50 steps.
+pub fn training_losses_fall<B: AutodiffBackend>(device: &B::Device) {
+    for (name, losses) in [
+        (
+            "kradagrad*",
+            train(
+                problem::<B>(device).0,
+                KradagradStarConfig::new().init(),
+                &problem::<B>(device).1,
+                0.05,
+                50,
+            )
+            .2,
+        ),
+        (
+            "kradagrad",
+            train(
+                problem::<B>(device).0,
+                KradagradConfig::new().init(),
+                &problem::<B>(device).1,
+                0.02,
+                50,
+            )
+            .2,
+        ),
+        (
+            "shampoo",
+            train(
+                problem::<B>(device).0,
+                ShampooConfig::new().init(),
+                &problem::<B>(device).1,
+                0.05,
+                50,
+            )
+            .2,
+        ),
+    ] {
+        let (first, last) = (losses[0], *losses.last().unwrap());
+        assert!(
+            last.is_finite() && last < 0.5 * first,
+            "{name}: loss {first} -> {last}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- checkpoints
+
+fn temp_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kradagrad-burn-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn relative_gap(a: &[f64], b: &[f64]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / x.abs().max(1e-12))
+        .fold(0.0, f64::max)
+}
+
+/// Stops after 6 steps, saves model and optimizer with a full-precision
+/// recorder, loads both into fresh objects and continues for 6 more steps:
+/// the losses match an uninterrupted run bitwise (`tolerance: None`) or within
+/// the given relative tolerance.
+pub fn checkpoint_resume<B: AutodiffBackend>(device: &B::Device, tolerance: Option<f64>) {
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let config = KradagradStarConfig::new()
+        .with_preconditioning_compute_steps(4)
+        .with_grafting(Grafting::Adam);
+    let (model, data) = problem::<B>(device);
+    let start = temp_path("start");
+    recorder
+        .record(model.clone().into_record(), start.clone())
+        .unwrap();
+
+    let (_, _, straight) = train(model, config.init(), &data, 0.05, 12);
+
+    let fresh = || Mlp::<B>::new(&[4, 32, 32, 2], device);
+    let model = fresh().load_record(recorder.load(start, device).unwrap());
+    let (model, optimizer, mut resumed) = train(model, config.init(), &data, 0.05, 6);
+    let (model_path, optim_path) = (temp_path("model"), temp_path("optimizer"));
+    recorder.record(model.into_record(), model_path.clone()).unwrap();
+    recorder
+        .record(optimizer.to_record(), optim_path.clone())
+        .unwrap();
+
+    let model = fresh().load_record(recorder.load(model_path, device).unwrap());
+    let optimizer = config
+        .init::<B, Mlp<B>>()
+        .load_record(recorder.load(optim_path, device).unwrap());
+    resumed.extend(train(model, optimizer, &data, 0.05, 6).2);
+    match tolerance {
+        None => assert_eq!(resumed, straight, "a resumed run must be bitwise identical"),
+        Some(tol) => {
+            let gap = relative_gap(&straight, &resumed);
+            assert!(gap <= tol, "resumed run differs by {gap:e} (> {tol:e})");
+        }
+    }
+}
+
+/// A truncated or corrupted optimizer file surfaces the recorder's error.
+pub fn damaged_checkpoints_are_clear_errors<B: AutodiffBackend>(device: &B::Device) {
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let config = ShampooConfig::new();
+    let (model, data) = problem::<B>(device);
+    let (_, optimizer, _) = train(model, config.init(), &data, 0.05, 3);
+    let path = temp_path("damaged");
+    recorder.record(optimizer.to_record(), path.clone()).unwrap();
+    let file = path.with_extension("mpk");
+    let bytes = std::fs::read(&file).unwrap();
+
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let truncated = Recorder::<B>::load::<
+        <burn::optim::adaptor::OptimizerAdaptor<kradagrad_burn::Shampoo, Mlp<B>, B> as Optimizer<
+            Mlp<B>,
+            B,
+        >>::Record,
+    >(&recorder, path.clone(), device);
+    let message = format!("{:?}", truncated.err().expect("a truncated file must not load"));
+    assert!(!message.is_empty(), "{message}");
+
+    let mut corrupted = bytes.clone();
+    for b in corrupted.iter_mut().take(16) {
+        *b ^= 0xA5;
+    }
+    std::fs::write(&file, &corrupted).unwrap();
+    let corrupted = Recorder::<B>::load::<
+        <burn::optim::adaptor::OptimizerAdaptor<kradagrad_burn::Shampoo, Mlp<B>, B> as Optimizer<
+            Mlp<B>,
+            B,
+        >>::Record,
+    >(&recorder, path, device);
+    assert!(corrupted.is_err(), "a corrupted file must not load");
+}
+
+/// A state saved under one layout (block size 128) and loaded into an
+/// optimizer with another (block size 4) is rejected at the first step with
+/// a message naming the parameter shape, never silently reset.
+pub fn mismatched_state_after_load<B: AutodiffBackend>(device: &B::Device) {
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let (model, data) = problem::<B>(device);
+    let (model, optimizer, _) = train(model, KradagradStarConfig::new().init(), &data, 0.05, 2);
+    let path = temp_path("mismatch");
+    recorder.record(optimizer.to_record(), path.clone()).unwrap();
+    let other = KradagradStarConfig::new()
+        .with_block_size(Some(4))
+        .init::<B, Mlp<B>>();
+    let other = other.load_record(recorder.load(path, device).unwrap());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train(model, other, &data, 0.05, 1)
+    }));
+    let payload = outcome.err().expect("a mismatched state must be rejected");
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(
+        message.contains("does not match the parameter of shape [4, 32]"),
+        "{message}"
+    );
+}
