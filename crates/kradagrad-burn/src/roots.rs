@@ -201,12 +201,18 @@ pub fn newton_root<B: Backend>(a: Tensor<B, 3>, spec: RootSpec, max_iterations: 
     // Guard against an all-zero matrix (z would be infinite): its root is 0
     // (positive) and undefined (inverse); the optimizers never pass one.
     let norm = crate::krad::frobenius_norm(a.clone()).clamp_min(f64::MIN_POSITIVE.sqrt());
+    // Scale so that every eigenvalue of M_0 = s^p A lies in (0, (p+1)/2]:
+    // s ~ z^(1/p) with z = (p+1) / (2 ||A||_F). Only M_0 = X_0^p A must hold
+    // exactly, not the value of s, so s is taken in f32 (GPU shading languages
+    // have no f64 `pow`/`exp`/`log`) and its powers by multiplication.
     let z = norm.recip().mul_scalar((pf + 1.0) / 2.0); // [n, 1, 1]
-    let mut m = a.clone() * z.clone();
+    let s = scalar_root(z, p);
+    let s_pm1 = scalar_power(s.clone(), p - 1);
+    let mut m = a.clone() * (s_pm1.clone() * s.clone());
     let mut x = if spec.inverse {
-        identity.clone() * scalar_power(z.clone(), 1.0 / pf)
+        identity.clone() * s
     } else {
-        a * scalar_power(z, (pf - 1.0) / pf)
+        a * s_pm1
     };
     let tolerance = round_off(&m) * (d as f64).sqrt();
     let mut error = crate::krad::frobenius_norm(m.clone() - identity.clone());
@@ -260,11 +266,22 @@ pub struct NewtonRoot<B: Backend> {
     pub residual: Tensor<B, 1>,
 }
 
-/// `t^exponent` for positive `t`, as `exp(exponent ln t)`: burn-ndarray's
-/// `powf_scalar` rounds the exponent to f32, which costs f64 roots about
-/// 1e-8 of accuracy for exponents like 1/6.
-fn scalar_power<B: Backend>(t: Tensor<B, 3>, exponent: f64) -> Tensor<B, 3> {
-    t.log().mul_scalar(exponent).exp()
+/// `t^(1/p)` for positive scalars `t` (`[n, 1, 1]`), good to f32 precision in
+/// any float type: computed in f32, where every backend has `powf` (the
+/// Vulkan and WGSL shading languages have no f64 `pow`, `exp` or `log`). `t`
+/// is clamped to the f32 range, so matrices with norms beyond about `1e38` or
+/// below `1e-38` converge slowly or not at all.
+fn scalar_root<B: Backend>(t: Tensor<B, 3>, p: u32) -> Tensor<B, 3> {
+    let dtype = t.dtype();
+    let t32 = t
+        .cast(burn::tensor::FloatDType::F32)
+        .clamp(f32::MIN_POSITIVE as f64, f32::MAX as f64);
+    t32.powf_scalar(1.0 / p as f64).cast(dtype)
+}
+
+/// `t^e` for scalars `t` (`[n, 1, 1]`) by repeated multiplication (`t^0 = 1`).
+fn scalar_power<B: Backend>(t: Tensor<B, 3>, e: u32) -> Tensor<B, 3> {
+    (0..e).fold(t.ones_like(), |acc, _| acc * t.clone())
 }
 
 /// Unit round-off of the tensor's float type.
