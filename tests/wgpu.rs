@@ -13,7 +13,7 @@ mod common;
 use std::io::Write;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use burn::backend::wgpu::WgpuDevice;
+use burn::backend::wgpu::{CubeBackend, WgpuDevice, WgpuRuntime};
 use burn::backend::{Autodiff, NdArray, Wgpu};
 use burn::module::Module;
 use burn::optim::Optimizer;
@@ -24,7 +24,9 @@ use kradagrad_burn::{Grafting, KradagradConfig, KradagradStarConfig, ShampooConf
 use kradagrad_burn_suite::mlp::{regression_data, train, transfer, Mlp};
 
 type W32 = Wgpu<f32, i32>;
-type W64 = Wgpu<f64, i32>;
+/// f64 runs on wgpu *without* Burn's fusion: burn-cubecl-fusion 0.21 panics
+/// with "Unsupported precision for fusion: f64" as soon as it fuses f64 ops.
+type W64 = CubeBackend<WgpuRuntime, f64, i32, u32>;
 
 static LOCK: Mutex<()> = Mutex::new(());
 
