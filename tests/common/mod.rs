@@ -446,42 +446,31 @@ pub fn problem<B: Backend>(device: &B::Device) -> (Mlp<B>, (Tensor<B, 2>, Tensor
     )
 }
 
+/// The losses of 50 full-batch steps on [`problem`].
+fn fifty_steps<B: AutodiffBackend, O: Optimizer<Mlp<B>, B>>(
+    device: &B::Device,
+    optimizer: O,
+    lr: f64,
+) -> Vec<f64> {
+    let (model, data) = problem::<B>(device);
+    train(model, optimizer, &data, lr, 50).2
+}
+
 /// Each optimizer trains the MLP through autodiff and `OptimizerAdaptor`; the
 /// loss must fall below half its start in 50 steps.
 pub fn training_losses_fall<B: AutodiffBackend>(device: &B::Device) {
     for (name, losses) in [
         (
             "kradagrad*",
-            train(
-                problem::<B>(device).0,
-                KradagradStarConfig::new().init(),
-                &problem::<B>(device).1,
-                0.05,
-                50,
-            )
-            .2,
+            fifty_steps::<B, _>(device, KradagradStarConfig::new().init(), 0.05),
         ),
         (
             "kradagrad",
-            train(
-                problem::<B>(device).0,
-                KradagradConfig::new().init(),
-                &problem::<B>(device).1,
-                0.02,
-                50,
-            )
-            .2,
+            fifty_steps::<B, _>(device, KradagradConfig::new().init(), 0.02),
         ),
         (
             "shampoo",
-            train(
-                problem::<B>(device).0,
-                ShampooConfig::new().init(),
-                &problem::<B>(device).1,
-                0.05,
-                50,
-            )
-            .2,
+            fifty_steps::<B, _>(device, ShampooConfig::new().init(), 0.05),
         ),
     ] {
         let (first, last) = (losses[0], *losses.last().unwrap());

@@ -4,11 +4,13 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::{kradagrad, kradagrad_star, shampoo, PreconditionerState};
+use std::collections::BTreeMap;
+
+use super::{kradagrad, kradagrad_star, shampoo, FactorGroup, PreconditionerState};
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
 use crate::layout::{mode_gram, mode_product, BlockLayout};
-use crate::roots::matrix_root;
+use crate::roots::{matrix_root, RootSpec};
 use crate::transforms::{accumulate_graft, apply_momentum, graft, WeightDecayStyle};
 
 /// Which optimizer a step runs.
@@ -120,6 +122,47 @@ pub(crate) fn step<B: Backend, const D: usize>(
     (param, Some(new))
 }
 
+/// Recomputes the roots of the statistics of the selected dims in every
+/// group, with one batched root computation per distinct factor size: the
+/// statistics of all regions and dims that share a size are stacked along the
+/// batch axis (every matrix still converges and freezes on its own).
+pub(crate) fn refresh_roots<B: Backend>(
+    groups: &mut [FactorGroup<B>],
+    selected: impl Fn(usize) -> bool,
+    spec: RootSpec,
+    options: &Options,
+) {
+    let mut by_size: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
+    for (g, group) in groups.iter().enumerate() {
+        for (i, statistic) in group.statistics.iter().enumerate() {
+            if selected(i) {
+                by_size.entry(statistic.dims()[1]).or_default().push((g, i));
+            }
+        }
+    }
+    for members in by_size.into_values() {
+        let stacked = Tensor::cat(
+            members
+                .iter()
+                .map(|&(g, i)| groups[g].statistics[i].clone())
+                .collect(),
+            0,
+        );
+        let roots = matrix_root(stacked, spec, options.root_method, options.newton_iterations);
+        let total = roots.dims()[0];
+        let mut offset = 0;
+        for (g, i) in members {
+            let n = groups[g].statistics[i].dims()[0];
+            groups[g].roots[i] = if n == total {
+                roots.clone()
+            } else {
+                roots.clone().narrow(0, offset, n)
+            };
+            offset += n;
+        }
+    }
+}
+
 /// Applies every factor to every block: mode `i` multiplied by `roots[i]`.
 pub(crate) fn apply_factors<B: Backend>(
     blocks: Tensor<B, 2>,
@@ -167,16 +210,7 @@ fn kronecker_precondition<B: Backend, const D: usize>(
             Variant::Shampoo => shampoo::root_spec(k, options),
             _ => kradagrad_star::root_spec(k),
         };
-        for group in &mut state.groups {
-            for (root, statistic) in group.roots.iter_mut().zip(&group.statistics) {
-                *root = matrix_root(
-                    statistic.clone(),
-                    spec,
-                    options.root_method,
-                    options.newton_iterations,
-                );
-            }
-        }
+        refresh_roots(&mut state.groups, |_| true, spec, options);
     }
     if tau < options.start_preconditioning_step {
         return grad.clone();

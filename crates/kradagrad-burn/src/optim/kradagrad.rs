@@ -9,12 +9,12 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::engine::{apply_factors, Variant};
+use super::engine::{apply_factors, refresh_roots, Variant};
 use super::PreconditionerState;
 use crate::config::{preconditioned_config, Options};
 use crate::krad::krad_mm_update;
 use crate::layout::{mode_gram, mode_product, BlockLayout};
-use crate::roots::{matrix_root, RootSpec};
+use crate::roots::RootSpec;
 
 preconditioned_config! {
     /// Configuration of [`Kradagrad`], with the library's defaults (see the
@@ -90,19 +90,9 @@ pub(crate) fn precondition<B: Backend, const D: usize>(
         partial = Some((i, tilde));
     }
     if t.is_multiple_of(options.preconditioning_compute_steps) {
-        for (j, stale) in state.stale_dims.iter_mut().enumerate() {
-            if *stale {
-                for group in &mut state.groups {
-                    group.roots[j] = matrix_root(
-                        group.statistics[j].clone(),
-                        RootSpec::positive(2),
-                        options.root_method,
-                        options.newton_iterations,
-                    );
-                }
-                *stale = false;
-            }
-        }
+        // Every block's roots of every stale dim (the reference refreshes only the first block's).
+        let stale = std::mem::replace(&mut state.stale_dims, vec![false; layout.rank()]);
+        refresh_roots(&mut state.groups, |j| stale[j], RootSpec::positive(2), options);
     }
     let preconditioned = t >= options.start_preconditioning_step;
     let out: Vec<_> = match (partial, preconditioned) {
