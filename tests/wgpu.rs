@@ -114,6 +114,8 @@ where
     OG: Optimizer<Mlp<Gpu>, Gpu>,
 {
     let (cpu_device, gpu_device) = (Default::default(), WgpuDevice::default());
+    // Seeded (under the lock every wgpu test holds) so the comparison is reproducible.
+    Cpu::seed(&cpu_device, 2026);
     let cpu_model = Mlp::<Cpu>::new(&[4, 32, 32, 2], &cpu_device);
     let gpu_model = transfer(
         cpu_model.clone(),
@@ -187,6 +189,7 @@ fn state_saved_on_one_backend_continues_on_the_other() {
     let (cpu_device, gpu_device) = (Default::default(), WgpuDevice::default());
     let cpu_data = regression_data(128, 4, 2, 7, &cpu_device);
     let gpu_data = regression_data(128, 4, 2, 7, &gpu_device);
+    Cpu::seed(&cpu_device, 2026);
     let model = Mlp::<Cpu>::new(&[4, 32, 32, 2], &cpu_device);
     let (model, optimizer, _) = train(model, config.init(), &cpu_data, 0.05, 6);
     let dir = std::env::temp_dir().join(format!("kradagrad-burn-cross-{}", std::process::id()));
