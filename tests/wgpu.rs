@@ -169,12 +169,14 @@ fn ndarray_and_wgpu_train_the_same_way() {
         KradagradConfig::new().init(),
         0.02,
     );
-    same_trajectory(
-        "shampoo",
-        ShampooConfig::new().init(),
-        ShampooConfig::new().init(),
-        0.05,
-    );
+    // Shampoo preconditions with fp32 *inverse* roots of L = eps I + sum G G^T. With the default
+    // eps = 1e-6 the statistics of this MLP reach condition ~1e6, where an fp32 inverse 4th root
+    // is only good to ~1e-3 (docs/algorithm.md), so the two backends' different summation orders
+    // are amplified: measured per-step gaps of 5.3e-4, 6.1e-4 and 4.0e-3 on three initialisations
+    // (docs/backends.md). That is the paper's point about fp32 Shampoo, not a backend difference;
+    // this check uses eps = 1e-4 (condition ~1e4), where the roots are good to ~3e-5.
+    let shampoo = || ShampooConfig::new().with_matrix_eps(1e-4);
+    same_trajectory("shampoo", shampoo().init(), shampoo().init(), 0.05);
 }
 
 /// Optimizer state saved on one backend loads on the other and continues
