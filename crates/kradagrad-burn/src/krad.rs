@@ -23,6 +23,16 @@ pub fn frobenius_norm<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
     a.square().sum_dim(2).sum_dim(1).sqrt()
 }
 
+/// Decays an inverse statistic by `beta2`: `S / beta2` is the inverse of the
+/// decayed statistic `beta2 L` (sections 3 and 4). The identity at `beta2 = 1`.
+pub fn decay_inverse<B: Backend>(s: Tensor<B, 3>, beta2: f64) -> Tensor<B, 3> {
+    if beta2 < 1.0 {
+        s.div_scalar(beta2)
+    } else {
+        s
+    }
+}
+
 /// KrADagrad* update (section 3): `S - S C S / (d (1 + trace(C S)))` for a
 /// batch of inverse statistics `s` and Gram matrices `gram`, `[n, d, d]`.
 pub fn krad_star_update<B: Backend>(s: Tensor<B, 3>, gram: Tensor<B, 3>) -> Tensor<B, 3> {

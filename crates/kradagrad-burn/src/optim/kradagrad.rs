@@ -12,7 +12,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use super::engine::{apply_factors, refresh_roots, Variant};
 use super::PreconditionerState;
 use crate::config::{preconditioned_config, Options};
-use crate::krad::krad_mm_update;
+use crate::krad::{decay_inverse, krad_mm_update};
 use crate::layout::{mode_gram, mode_product, BlockLayout};
 use crate::roots::RootSpec;
 
@@ -79,12 +79,8 @@ pub(crate) fn precondition<B: Backend, const D: usize>(
         for ((group, region), gt) in state.groups.iter_mut().zip(&layout.regions).zip(&tilde) {
             let m = mode_gram(gt.clone(), &region.block_dims, i);
             let s = &group.statistics[i];
-            let s = if options.beta2 < 1.0 {
-                s.clone().div_scalar(options.beta2)
-            } else {
-                s.clone()
-            };
-            group.statistics[i] = krad_mm_update(s, m, options.matrix_eps);
+            group.statistics[i] =
+                krad_mm_update(decay_inverse(s.clone(), options.beta2), m, options.matrix_eps);
         }
         state.stale_dims[i] = true;
         partial = Some((i, tilde));

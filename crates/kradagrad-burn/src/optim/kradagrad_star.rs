@@ -10,7 +10,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use super::engine::Variant;
 use crate::config::preconditioned_config;
-use crate::krad::krad_star_update;
+use crate::krad::{decay_inverse, krad_star_update};
 use crate::roots::RootSpec;
 
 preconditioned_config! {
@@ -33,8 +33,7 @@ preconditioned_config! {
 
 /// The KrADagrad* statistic update (section 3), with decay `beta2`.
 pub(crate) fn update_statistic<B: Backend>(s: Tensor<B, 3>, gram: Tensor<B, 3>, beta2: f64) -> Tensor<B, 3> {
-    let s = if beta2 < 1.0 { s.div_scalar(beta2) } else { s };
-    krad_star_update(s, gram)
+    krad_star_update(decay_inverse(s, beta2), gram)
 }
 
 /// `P = S^(1/(2k))`.
