@@ -17,6 +17,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use kradagrad_burn::{KradagradConfig, KradagradStarConfig, ShampooConfig};
+#[cfg(feature = "wgpu")]
+use kradagrad_burn_suite::backends::wgpu_adapter;
 use kradagrad_burn_suite::mlp::{regression_data, scalar, Mlp};
 
 type Cpu = Autodiff<NdArray<f32>>;
@@ -68,26 +70,6 @@ impl<B: AutodiffBackend, O: Optimizer<Mlp<B>, B>> Run<B, O> {
         self.step_time = start.elapsed() / (SAMPLES / BATCH) as u32;
         mean
     }
-}
-
-/// Whether a wgpu adapter answers (the wgpu runtime panics when none does).
-#[cfg(feature = "wgpu")]
-fn wgpu_adapter() -> Result<String, String> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let probe = std::panic::catch_unwind(|| {
-        let device = burn::backend::wgpu::WgpuDevice::default();
-        let t = Tensor::<burn::backend::Wgpu, 1>::from_floats([1.0, 2.0], &device);
-        let _ = t.sum().into_data();
-        <burn::backend::Wgpu as Backend>::name(&device)
-    });
-    std::panic::set_hook(hook);
-    probe.map_err(|p| {
-        p.downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the wgpu runtime panicked".into())
-    })
 }
 
 struct Args {

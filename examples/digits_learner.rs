@@ -21,7 +21,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use burn::train::metric::{AccuracyMetric, LossMetric};
 use burn::train::{ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep};
 use kradagrad_burn::KradagradStarConfig;
-use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
+use kradagrad_burn_suite::datasets::{uci_digits, Images};
 
 /// One 8x8 image (64 values in [0, 1]) and its digit.
 #[derive(Clone, Debug)]
@@ -32,23 +32,16 @@ struct Digit {
 
 /// The digits set, shuffled with a fixed seed and split 80/20.
 fn load_digits() -> (Vec<Digit>, Vec<Digit>) {
-    let set = smartcore::dataset::digits::load_dataset();
-    assert_eq!((set.num_samples, set.num_features), (1797, 64));
-    let mut digits: Vec<Digit> = (0..set.num_samples)
-        .map(|i| {
-            let mut pixels = [0.0; 64];
-            for (j, p) in pixels.iter_mut().enumerate() {
-                *p = set.data[i * 64 + j] / 16.0;
-            }
-            Digit {
-                pixels,
-                label: set.target[i] as i64,
-            }
-        })
-        .collect();
-    digits.shuffle(&mut StdRng::seed_from_u64(8));
-    let test = digits.split_off(digits.len() * 4 / 5);
-    (digits, test)
+    let items = |images: Images| {
+        (0..images.len())
+            .map(|i| Digit {
+                pixels: images.image(i).try_into().expect("64 values"),
+                label: images.labels[i] as i64,
+            })
+            .collect()
+    };
+    let (train, test) = uci_digits();
+    (items(train), items(test))
 }
 
 /// A batch: images `[batch, 64]` and labels `[batch]`.

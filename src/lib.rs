@@ -1,8 +1,12 @@
 //! Support code for the workspace's examples and integration tests: the
-//! reference-vector replay used by `examples/replay.rs` and `tests/parity.rs`.
+//! reference-vector replay, test problems, backend probes and report output.
 
+pub mod backends;
+pub mod datasets;
 pub mod mlp;
+pub mod quadratic;
 pub mod replay;
+pub mod report;
 pub mod spd;
 
 /// The README's code blocks, compiled and run as doc tests.

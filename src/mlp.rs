@@ -2,7 +2,7 @@
 //! training helpers, shared by the cross-backend example and the training,
 //! checkpoint and backend tests.
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Initializer, Module, ModuleVisitor, Param};
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
@@ -23,9 +23,20 @@ impl<B: Backend> Mlp<B> {
     /// A network with Burn's default initialisation on `device` (backend RNG),
     /// materialised (see [`materialize`]).
     pub fn new(dims: &[usize], device: &B::Device) -> Self {
+        let initializer = LinearConfig::new(1, 1).initializer;
+        Self::with_initializer(dims, initializer, device)
+    }
+
+    /// [`Mlp::new`] with another weight initializer (e.g. He's
+    /// `KaimingNormal { gain: sqrt(2) }` for deep ReLU networks).
+    pub fn with_initializer(dims: &[usize], initializer: Initializer, device: &B::Device) -> Self {
         let layers = dims
             .windows(2)
-            .map(|w| LinearConfig::new(w[0], w[1]).init(device))
+            .map(|w| {
+                LinearConfig::new(w[0], w[1])
+                    .with_initializer(initializer.clone())
+                    .init(device)
+            })
             .collect();
         materialize(Self {
             layers,

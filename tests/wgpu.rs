@@ -13,20 +13,20 @@ mod common;
 use std::io::Write;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use burn::backend::wgpu::{CubeBackend, WgpuDevice, WgpuRuntime};
+use burn::backend::wgpu::WgpuDevice;
 use burn::backend::{Autodiff, NdArray, Wgpu};
 use burn::module::Module;
 use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
 use kradagrad_burn::{Grafting, KradagradConfig, KradagradStarConfig, ShampooConfig};
+use kradagrad_burn_suite::backends::{wgpu_adapter, wgpu_has_f64, Wgpu64};
 use kradagrad_burn_suite::mlp::{regression_data, train, transfer, Mlp};
 
 type W32 = Wgpu<f32, i32>;
 /// f64 runs on wgpu *without* Burn's fusion: burn-cubecl-fusion 0.21 panics
 /// with "Unsupported precision for fusion: f64" as soon as it fuses f64 ops.
-type W64 = CubeBackend<WgpuRuntime, f64, i32, u32>;
+type W64 = Wgpu64;
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -38,22 +38,7 @@ fn say(line: &str) {
 /// Whether a wgpu adapter answers; decided once per process.
 fn adapter() -> &'static Result<String, String> {
     static ADAPTER: OnceLock<Result<String, String>> = OnceLock::new();
-    ADAPTER.get_or_init(|| {
-        let probe = std::panic::catch_unwind(|| {
-            let device = WgpuDevice::default();
-            let t = Tensor::<W32, 1>::from_floats([1.0, 2.0], &device);
-            let sum = t.sum().into_data().to_vec::<f32>().unwrap()[0];
-            assert_eq!(sum, 3.0);
-            <W32 as Backend>::name(&device)
-        });
-        probe.map_err(|payload| {
-            payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "the wgpu runtime panicked".into())
-        })
-    })
+    ADAPTER.get_or_init(wgpu_adapter)
 }
 
 /// `Some(lock)` when wgpu can run; `None` (after one line saying why) when it
@@ -85,7 +70,7 @@ fn ready() -> Option<MutexGuard<'static, ()>> {
 /// [`ready`], and the adapter supports f64 shaders.
 fn ready_f64() -> Option<MutexGuard<'static, ()>> {
     let guard = ready()?;
-    if <W64 as Backend>::supports_dtype(&WgpuDevice::default(), DType::F64) {
+    if wgpu_has_f64() {
         Some(guard)
     } else {
         static REPORTED: OnceLock<()> = OnceLock::new();

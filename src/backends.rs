@@ -1,0 +1,40 @@
+//! Probing what a wgpu adapter offers before an example commits to it.
+
+/// Runs `probe`, turning a panic (how the wgpu runtime reports a missing
+/// adapter or feature) into its message, with the panic hook silenced.
+pub fn try_quietly<T>(probe: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(probe);
+    std::panic::set_hook(hook);
+    result.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the runtime panicked".into())
+    })
+}
+
+/// Whether a wgpu adapter answers; `Ok` holds its name.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_adapter() -> Result<String, String> {
+    use burn::tensor::{backend::Backend, Tensor};
+    try_quietly(|| {
+        let device = burn::backend::wgpu::WgpuDevice::default();
+        let t = Tensor::<burn::backend::Wgpu, 1>::from_floats([1.0, 2.0], &device);
+        let _ = t.sum().into_data();
+        <burn::backend::Wgpu as Backend>::name(&device)
+    })
+}
+
+/// The f64 variant of the wgpu backend: Burn's fusion has no f64, so it is the
+/// unfused cube backend on the wgpu runtime.
+#[cfg(feature = "wgpu")]
+pub type Wgpu64 = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f64, i32, u32>;
+
+/// Whether the default wgpu adapter runs f64 shaders.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_has_f64() -> bool {
+    use burn::tensor::{backend::Backend, DType};
+    <Wgpu64 as Backend>::supports_dtype(&burn::backend::wgpu::WgpuDevice::default(), DType::F64)
+}
