@@ -447,14 +447,15 @@ fn table(args: &Args, backend: &str, curves: &[Curve]) -> String {
         "Ill-conditioned quadratic, n = {}, condition 1e{} per factor, seed {}, {} steps, backend {backend}.\n\
          Momentum of the preconditioned methods: {momentum}. Initial loss {}.\n\
          Reference: the authors' implementation (ALGORITHM.md section 8){}.\n\n\
-         | method | root | loss @50 | @100 | @250 | reference @50 | @100 | @250 | ours / reference @250 | wall s |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | method | root | loss @50 | @100 | @250 | final (@{}) | reference @50 | @100 | @250 | ours / reference @250 | wall s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
         args.n,
         args.log_cond,
         args.seed,
         args.steps,
         curves.first().map_or("-".into(), |c| sig3(c.losses[0])),
         if args.log_cond == 4.0 { "" } else { ": none at this condition" },
+        args.steps,
     );
     let cell = |v: Option<f64>| v.map_or("-".to_string(), sig3);
     for curve in curves {
@@ -465,12 +466,13 @@ fn table(args: &Args, backend: &str, curves: &[Curve]) -> String {
             _ => "-".into(),
         };
         text += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {ratio} | {:.1} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {ratio} | {:.1} |\n",
             curve.method.name(),
             curve.method.describe_root(args.eigh),
             cell(ours[0]),
             cell(ours[1]),
             cell(ours[2]),
+            cell(curve.losses.last().copied()),
             cell(reference[0]),
             cell(reference[1]),
             cell(reference[2]),
