@@ -31,6 +31,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use indicatif::ProgressBar;
 use kradagrad_burn::{KradagradConfig, KradagradStarConfig, ShampooConfig};
+use kradagrad_burn_suite::cli::{flag_pairs, named_items};
 use kradagrad_burn_suite::datasets::{mnist, uci_digits, Images};
 use kradagrad_burn_suite::mlp::{scalar, Mlp};
 use kradagrad_burn_suite::report::{plot_log_y, progress_bar, sig3, write_csv, Series};
@@ -119,16 +120,12 @@ fn parse() -> Args {
         he_init: true,
         grids: Vec::new(),
     };
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    if !raw.len().is_multiple_of(2) {
-        usage();
-    }
     fn number<T: std::str::FromStr>(v: &str) -> T {
         v.parse().unwrap_or_else(|_| usage())
     }
-    for pair in raw.chunks(2) {
-        let value = pair[1].as_str();
-        match pair[0].as_str() {
+    for (flag, value) in flag_pairs().unwrap_or_else(|| usage()) {
+        let value = value.as_str();
+        match flag.as_str() {
             "--seeds" => args.seeds = number(value),
             "--epochs" => args.epochs = number(value),
             "--batch" => args.batch = number(value),
@@ -145,12 +142,7 @@ fn parse() -> Args {
                 let grid: Vec<f64> = grid.split(',').map(number).collect();
                 args.grids.push((method, grid));
             }
-            "--methods" => {
-                args.methods = value
-                    .split(',')
-                    .map(|m| ALL.into_iter().find(|a| a.name() == m).unwrap_or_else(|| usage()))
-                    .collect()
-            }
+            "--methods" => args.methods = named_items(value, &ALL, Method::name).unwrap_or_else(|| usage()),
             _ => usage(),
         }
     }
@@ -233,44 +225,43 @@ fn test_loss<B: AutodiffBackend>(
     total / images.len() as f64
 }
 
-/// Trains one model; a diverged run (non-finite test loss) stops early and
-/// keeps the losses up to there.
-#[allow(clippy::too_many_arguments)]
-fn train<B: AutodiffBackend, O: Optimizer<Autoencoder<B>, B>>(
-    mut optimizer: O,
-    lr: f64,
-    seed: u64,
-    dims: &[usize],
-    (train, test): (&Images, &Images),
-    args: &Args,
-    device: &B::Device,
-    bar: &ProgressBar,
-) -> Vec<f64> {
-    B::seed(device, seed);
-    let mut model = Autoencoder::<B>::new(dims, args.he_init, device);
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut losses = vec![test_loss::<B>(&model.valid(), test, device)];
-    for _ in 0..args.epochs {
-        order.shuffle(&mut rng);
-        for batch in order.chunks(args.batch) {
-            let x = Tensor::<B, 2>::from_data(
-                TensorData::new(train.gather(batch), [batch.len(), train.dim]),
-                device,
-            );
-            let loss = model.loss(x);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(lr, model, grads);
+/// What every run of a sweep shares.
+struct Trainer<'a, B: AutodiffBackend> {
+    dims: &'a [usize],
+    data: (&'a Images, &'a Images),
+    args: &'a Args,
+    device: &'a B::Device,
+    bar: &'a ProgressBar,
+}
+
+impl<B: AutodiffBackend> Trainer<'_, B> {
+    /// Trains one model from `seed`; returns the test loss before training and
+    /// after every epoch. A diverged run (non-finite test loss) stops there.
+    fn train<O: Optimizer<Autoencoder<B>, B>>(&self, mut optimizer: O, lr: f64, seed: u64) -> Vec<f64> {
+        let ((train, test), device, epochs) = (self.data, self.device, self.args.epochs);
+        B::seed(device, seed);
+        let mut model = Autoencoder::<B>::new(self.dims, self.args.he_init, device);
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut losses = vec![test_loss::<B>(&model.valid(), test, device)];
+        for _ in 0..epochs {
+            order.shuffle(&mut rng);
+            for batch in order.chunks(self.args.batch) {
+                let pixels = TensorData::new(train.gather(batch), [batch.len(), train.dim]);
+                let loss = model.loss(Tensor::<B, 2>::from_data(pixels, device));
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optimizer.step(lr, model, grads);
+            }
+            let test = test_loss::<B>(&model.valid(), test, device);
+            losses.push(test);
+            self.bar.inc(1);
+            if !test.is_finite() {
+                self.bar.inc((epochs + 1 - losses.len()) as u64);
+                break;
+            }
         }
-        let test = test_loss::<B>(&model.valid(), test, device);
-        losses.push(test);
-        bar.inc(1);
-        if !test.is_finite() {
-            bar.inc((args.epochs + 1 - losses.len()) as u64);
-            break;
-        }
+        losses
     }
-    losses
 }
 
 /// Every method, learning rate and seed on backend `B`.
@@ -284,6 +275,13 @@ fn sweep<B: AutodiffBackend>(
         * args.seeds
         * args.epochs as u64;
     let bar = progress_bar(total);
+    let trainer = Trainer::<B> {
+        dims,
+        data,
+        args,
+        device,
+        bar: &bar,
+    };
     let mut runs = Vec::new();
     for &method in &args.methods {
         let start = Instant::now();
@@ -298,45 +296,12 @@ fn sweep<B: AutodiffBackend>(
                             dampening: 0.0,
                             nesterov: false,
                         };
-                        let optimizer = SgdConfig::new()
-                            .with_momentum(Some(momentum))
-                            .init::<B, Autoencoder<B>>();
-                        train(optimizer, lr, seed, dims, data, args, device, &bar)
+                        trainer.train(SgdConfig::new().with_momentum(Some(momentum)).init(), lr, seed)
                     }
-                    Method::Adam => {
-                        let optimizer = AdamConfig::new().with_epsilon(1e-8).init::<B, Autoencoder<B>>();
-                        train(optimizer, lr, seed, dims, data, args, device, &bar)
-                    }
-                    Method::Shampoo => train(
-                        ShampooConfig::new().init::<B, Autoencoder<B>>(),
-                        lr,
-                        seed,
-                        dims,
-                        data,
-                        args,
-                        device,
-                        &bar,
-                    ),
-                    Method::KradagradStar => train(
-                        KradagradStarConfig::new().init::<B, Autoencoder<B>>(),
-                        lr,
-                        seed,
-                        dims,
-                        data,
-                        args,
-                        device,
-                        &bar,
-                    ),
-                    Method::Kradagrad => train(
-                        KradagradConfig::new().init::<B, Autoencoder<B>>(),
-                        lr,
-                        seed,
-                        dims,
-                        data,
-                        args,
-                        device,
-                        &bar,
-                    ),
+                    Method::Adam => trainer.train(AdamConfig::new().with_epsilon(1e-8).init(), lr, seed),
+                    Method::Shampoo => trainer.train(ShampooConfig::new().init(), lr, seed),
+                    Method::KradagradStar => trainer.train(KradagradStarConfig::new().init(), lr, seed),
+                    Method::Kradagrad => trainer.train(KradagradConfig::new().init(), lr, seed),
                 };
                 let seconds = run_start.elapsed().as_secs_f64();
                 runs.push(Run {

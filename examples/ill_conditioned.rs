@@ -31,6 +31,7 @@ use indicatif::ProgressBar;
 use kradagrad_burn::{
     Grafting, KradagradConfig, KradagradStarConfig, NesterovStyle, RootMethod, ShampooConfig,
 };
+use kradagrad_burn_suite::cli::{flag_pairs, named_items};
 use kradagrad_burn_suite::quadratic::{QuadraticOnDevice, QuadraticProblem};
 use kradagrad_burn_suite::report::{plot_log_y, progress_bar, sig3, write_csv, Series};
 
@@ -195,16 +196,12 @@ fn parse() -> Args {
         methods: ALL.to_vec(),
         out: PathBuf::from("target/results/ill_conditioned"),
     };
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    if !raw.len().is_multiple_of(2) {
-        usage();
-    }
     fn number<T: std::str::FromStr>(v: &str) -> T {
         v.parse().unwrap_or_else(|_| usage())
     }
-    for pair in raw.chunks(2) {
-        let value = pair[1].as_str();
-        match pair[0].as_str() {
+    for (flag, value) in flag_pairs().unwrap_or_else(|| usage()) {
+        let value = value.as_str();
+        match flag.as_str() {
             "--n" => args.n = number(value),
             "--log-cond" => args.log_cond = number(value),
             "--steps" => args.steps = number(value),
@@ -220,12 +217,7 @@ fn parse() -> Args {
                     _ => usage(),
                 }
             }
-            "--methods" => {
-                args.methods = value
-                    .split(',')
-                    .map(|m| ALL.into_iter().find(|a| a.name() == m).unwrap_or_else(|| usage()))
-                    .collect()
-            }
+            "--methods" => args.methods = named_items(value, &ALL, Method::name).unwrap_or_else(|| usage()),
             "--out" => args.out = PathBuf::from(value),
             _ => usage(),
         }
@@ -247,42 +239,45 @@ struct Curve {
     seconds: f64,
 }
 
-/// Runs `steps` full-batch steps of `optimizer` from `x0` in `dtype`;
-/// `evaluate` maps `X` to the fp64 loss and the gradient.
-#[allow(clippy::too_many_arguments)]
-fn descend<B: AutodiffBackend, O: Optimizer<Weight<B>, B>>(
-    mut optimizer: O,
-    lr: f64,
-    x0: &[f32],
+/// What every method's run shares: the start, the step count, the loss and
+/// gradient evaluation, and the progress bar.
+struct Descent<'a> {
+    x0: &'a [f32],
     n: usize,
-    dtype: DType,
-    device: &B::Device,
-    evaluate: &dyn Fn(TensorData) -> (f64, TensorData),
     steps: usize,
-    bar: &ProgressBar,
-) -> Vec<f64> {
-    let x = Tensor::<B, 2>::from_data(
-        TensorData::new(x0.to_vec(), [n, n]).convert_dtype(dtype),
-        (device, dtype),
-    );
-    let mut weight = Weight {
-        x: Param::from_tensor(x),
-    };
-    let mut losses = Vec::with_capacity(steps + 1);
-    for step in 0..=steps {
-        let (loss, gradient) = evaluate(weight.x.val().inner().into_data());
-        losses.push(loss);
-        if step == steps {
-            break;
+    evaluate: &'a dyn Fn(TensorData) -> (f64, TensorData),
+    bar: &'a ProgressBar,
+}
+
+impl Descent<'_> {
+    /// Runs `steps` full-batch steps of `optimizer` from `x0` in `dtype`.
+    fn run<B: AutodiffBackend, O: Optimizer<Weight<B>, B>>(
+        &self,
+        mut optimizer: O,
+        lr: f64,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Vec<f64> {
+        let start = TensorData::new(self.x0.to_vec(), [self.n, self.n]).convert_dtype(dtype);
+        let mut weight = Weight {
+            x: Param::from_tensor(Tensor::<B, 2>::from_data(start, (device, dtype))),
+        };
+        let mut losses = Vec::with_capacity(self.steps + 1);
+        for step in 0..=self.steps {
+            let (loss, gradient) = (self.evaluate)(weight.x.val().inner().into_data());
+            losses.push(loss);
+            if step == self.steps {
+                break;
+            }
+            let gradient =
+                Tensor::<B::InnerBackend, 2>::from_data(gradient.convert_dtype(dtype), (device, dtype));
+            let mut grads = GradientsParams::new();
+            grads.register(weight.x.id, gradient);
+            weight = optimizer.step(lr, weight, grads);
+            self.bar.inc(1);
         }
-        let gradient =
-            Tensor::<B::InnerBackend, 2>::from_data(gradient.convert_dtype(dtype), (device, dtype));
-        let mut grads = GradientsParams::new();
-        grads.register(weight.x.id, gradient);
-        weight = optimizer.step(lr, weight, grads);
-        bar.inc(1);
+        losses
     }
-    losses
 }
 
 /// Section 8's settings for the preconditioned methods.
@@ -331,91 +326,51 @@ fn run_all<B32: AutodiffBackend, B64: AutodiffBackend, M: Backend>(
         .collect();
     let bar = progress_bar((methods.len() * args.steps) as u64);
     let evaluate = |x: TensorData| evaluator.loss_and_gradient(x);
+    let descent = Descent {
+        x0: &problem.x0,
+        n: problem.n,
+        steps: args.steps,
+        evaluate: &evaluate,
+        bar: &bar,
+    };
     let mut curves = Vec::new();
     for method in methods {
         bar.set_message(method.name());
         let start = Instant::now();
         let root = method.root(args.eigh).unwrap_or(RootMethod::Newton);
-        let (x0, n, lr, steps) = (&problem.x0, problem.n, method.lr(), args.steps);
+        let lr = method.lr();
+        // A macro, not a closure: each arm passes another optimizer type.
+        macro_rules! f32_run {
+            ($optimizer:expr $(,)?) => {
+                descent.run::<B32, _>($optimizer, lr, DType::F32, device32)
+            };
+        }
         let losses = match method {
-            Method::Sgd => descend(
-                SgdConfig::new().init::<B32, Weight<B32>>(),
-                lr,
-                x0,
-                n,
-                DType::F32,
-                device32,
-                &evaluate,
-                steps,
-                &bar,
-            ),
-            Method::Adam => descend(
-                AdamConfig::new()
-                    .with_beta_1(0.9)
-                    .with_beta_2(0.999)
-                    .with_epsilon(1e-8)
-                    .init::<B32, Weight<B32>>(),
-                lr,
-                x0,
-                n,
-                DType::F32,
-                device32,
-                &evaluate,
-                steps,
-                &bar,
-            ),
-            Method::ShampooF64 => descend(
+            Method::Sgd => f32_run!(SgdConfig::new().init()),
+            Method::Adam => f32_run!(AdamConfig::new()
+                .with_beta_1(0.9)
+                .with_beta_2(0.999)
+                .with_epsilon(1e-8)
+                .init(),),
+            Method::ShampooF64 => descent.run::<B64, _>(
                 paper_settings!(ShampooConfig::new(), args, root)
                     .with_grafting(Grafting::SgdNorm)
-                    .init::<B64, Weight<B64>>(),
+                    .init(),
                 lr,
-                x0,
-                n,
                 DType::F64,
                 device64.expect("filtered above"),
-                &evaluate,
-                steps,
-                &bar,
             ),
-            Method::ShampooF32Eigh | Method::ShampooF32Newton => descend(
-                paper_settings!(ShampooConfig::new(), args, root)
+            Method::ShampooF32Eigh | Method::ShampooF32Newton => {
+                f32_run!(paper_settings!(ShampooConfig::new(), args, root)
                     .with_grafting(Grafting::SgdNorm)
-                    .init::<B32, Weight<B32>>(),
-                lr,
-                x0,
-                n,
-                DType::F32,
-                device32,
-                &evaluate,
-                steps,
-                &bar,
-            ),
-            Method::KradagradStar => descend(
-                paper_settings!(KradagradStarConfig::new(), args, root)
-                    .with_grafting(Grafting::SgdNorm)
-                    .init::<B32, Weight<B32>>(),
-                lr,
-                x0,
-                n,
-                DType::F32,
-                device32,
-                &evaluate,
-                steps,
-                &bar,
-            ),
-            Method::Kradagrad => descend(
-                paper_settings!(KradagradConfig::new(), args, root)
-                    .with_grafting(Grafting::None)
-                    .init::<B32, Weight<B32>>(),
-                lr,
-                x0,
-                n,
-                DType::F32,
-                device32,
-                &evaluate,
-                steps,
-                &bar,
-            ),
+                    .init(),)
+            }
+            Method::KradagradStar => f32_run!(paper_settings!(KradagradStarConfig::new(), args, root)
+                .with_grafting(Grafting::SgdNorm)
+                .init(),),
+            Method::Kradagrad => f32_run!(paper_settings!(KradagradConfig::new(), args, root)
+                .with_grafting(Grafting::None)
+                .init(),),
         };
         let seconds = start.elapsed().as_secs_f64();
         bar.suspend(|| {

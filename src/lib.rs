@@ -2,6 +2,7 @@
 //! reference-vector replay, test problems, backend probes and report output.
 
 pub mod backends;
+pub mod cli;
 pub mod datasets;
 pub mod mlp;
 pub mod quadratic;

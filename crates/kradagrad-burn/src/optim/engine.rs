@@ -35,6 +35,27 @@ impl Variant {
     }
 }
 
+/// Which factor tensors a step wrote, per merged dim (the same dims in every
+/// group), so that the non-finite guard masks only those: an untouched factor
+/// is the old tensor itself, and masking it would be a wasted pass over
+/// `[blocks, d, d]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Touched {
+    /// `statistics[i]`: the statistics of dim `i` were updated.
+    pub statistics: Vec<bool>,
+    /// `roots[i]`: the roots of dim `i` were recomputed.
+    pub roots: Vec<bool>,
+}
+
+impl Touched {
+    fn none(rank: usize) -> Self {
+        Self {
+            statistics: vec![false; rank],
+            roots: vec![false; rank],
+        }
+    }
+}
+
 /// One optimizer step for one parameter.
 pub(crate) fn step<B: Backend, const D: usize>(
     options: &Options,
@@ -70,9 +91,10 @@ pub(crate) fn step<B: Backend, const D: usize>(
     };
 
     let mut new = old.clone();
+    let mut touched = Touched::none(layout.rank());
     let direction = match variant {
-        Variant::Kradagrad => kradagrad::precondition(options, &layout, &mut new, &grad),
-        _ => kronecker_precondition(options, variant, &layout, &mut new, &grad),
+        Variant::Kradagrad => kradagrad::precondition(options, &layout, &mut new, &grad, &mut touched),
+        _ => kronecker_precondition(options, variant, &layout, &mut new, &grad, &mut touched),
     };
     new.graft = accumulate_graft(options.grafting, new.graft.take(), &grad, options.beta2);
     let mut direction = graft(
@@ -107,11 +129,15 @@ pub(crate) fn step<B: Backend, const D: usize>(
             })
         };
         for (group, old_group) in new.groups.iter_mut().zip(&old.groups) {
-            for (s, o) in group.statistics.iter_mut().zip(&old_group.statistics) {
-                *s = keep(s.clone(), o);
+            for (i, (s, o)) in group.statistics.iter_mut().zip(&old_group.statistics).enumerate() {
+                if touched.statistics[i] {
+                    *s = keep(s.clone(), o);
+                }
             }
-            for (r, o) in group.roots.iter_mut().zip(&old_group.roots) {
-                *r = keep(r.clone(), o);
+            for (i, (r, o)) in group.roots.iter_mut().zip(&old_group.roots).enumerate() {
+                if touched.roots[i] {
+                    *r = keep(r.clone(), o);
+                }
             }
         }
         new.graft = keep_buffer(new.graft, &old.graft);
@@ -186,6 +212,7 @@ fn kronecker_precondition<B: Backend, const D: usize>(
     layout: &BlockLayout,
     state: &mut PreconditionerState<B, D>,
     grad: &Tensor<B, D>,
+    touched: &mut Touched,
 ) -> Tensor<B, D> {
     state.step += 1;
     let tau = state.step;
@@ -204,6 +231,7 @@ fn kronecker_precondition<B: Backend, const D: usize>(
                 };
             }
         }
+        touched.statistics.fill(true);
     }
     if tau.is_multiple_of(options.preconditioning_compute_steps) {
         let spec = match variant {
@@ -211,6 +239,7 @@ fn kronecker_precondition<B: Backend, const D: usize>(
             _ => kradagrad_star::root_spec(k),
         };
         refresh_roots(&mut state.groups, |_| true, spec, options);
+        touched.roots.fill(true);
     }
     if tau < options.start_preconditioning_step {
         return grad.clone();

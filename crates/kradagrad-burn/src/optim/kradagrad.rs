@@ -9,7 +9,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::engine::{apply_factors, refresh_roots, Variant};
+use super::engine::{apply_factors, refresh_roots, Touched, Variant};
 use super::PreconditionerState;
 use crate::config::{preconditioned_config, Options};
 use crate::krad::{decay_inverse, krad_mm_update};
@@ -59,6 +59,7 @@ pub(crate) fn precondition<B: Backend, const D: usize>(
     layout: &BlockLayout,
     state: &mut PreconditionerState<B, D>,
     grad: &Tensor<B, D>,
+    touched: &mut Touched,
 ) -> Tensor<B, D> {
     let t = state.step;
     state.step += 1;
@@ -83,12 +84,14 @@ pub(crate) fn precondition<B: Backend, const D: usize>(
                 krad_mm_update(decay_inverse(s.clone(), options.beta2), m, options.matrix_eps);
         }
         state.stale_dims[i] = true;
+        touched.statistics[i] = true;
         partial = Some((i, tilde));
     }
     if t.is_multiple_of(options.preconditioning_compute_steps) {
         // Every block's roots of every stale dim (the reference refreshes only the first block's).
         let stale = std::mem::replace(&mut state.stale_dims, vec![false; layout.rank()]);
         refresh_roots(&mut state.groups, |j| stale[j], RootSpec::positive(2), options);
+        touched.roots = stale;
     }
     let preconditioned = t >= options.start_preconditioning_step;
     let out: Vec<_> = match (partial, preconditioned) {

@@ -120,6 +120,25 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
         }
     }
 
+    /// Bytes held by the state's tensors: statistics, roots and the graft and
+    /// momentum buffers (Adam, for comparison, holds two parameter-sized
+    /// buffers). Reads shapes only, no device synchronisation.
+    pub fn size_bytes(&self) -> usize {
+        let bytes3 = |t: &Tensor<B, 3>| t.shape().num_elements() * t.dtype().size();
+        let factors: usize = self
+            .groups
+            .iter()
+            .flat_map(|g| g.statistics.iter().chain(&g.roots))
+            .map(bytes3)
+            .sum();
+        let buffers: usize = [&self.graft, &self.momentum]
+            .into_iter()
+            .flatten()
+            .map(|t| t.shape().num_elements() * t.dtype().size())
+            .sum();
+        factors + buffers
+    }
+
     /// Moves every tensor to `device`.
     pub fn to_device(self, device: &B::Device) -> Self {
         let mv3 = |t: Tensor<B, 3>| t.to_device(device);

@@ -1,0 +1,483 @@
+//! Per-step benchmarks (issue 5), on Burn's own benchmark tooling
+//! (`burn_std::benchmark`, from cubecl-common): each sample runs whole
+//! preconditioner cycles (so root steps are included in their true
+//! proportion), the device is synchronised before the clock is read, and
+//! every row reports its ratio to Adam on the same backend, measured in the
+//! same run.
+//!
+//! ```text
+//! cargo bench --bench step                      # every group on every backend found
+//! KRADAGRAD_BENCH_BACKENDS=ndarray KRADAGRAD_BENCH_GROUPS=autoencoder cargo bench --bench step
+//! ```
+//! Knobs (environment): `KRADAGRAD_BENCH_BACKENDS` (`ndarray,wgpu`),
+//! `KRADAGRAD_BENCH_GROUPS` (`autoencoder,quadratic,scaling`),
+//! `KRADAGRAD_BENCH_STEPS` (at least this many timed steps per row, default
+//! 300), `KRADAGRAD_BENCH_OUT` (where `step.md` is written, default
+//! `target/bench`).
+//!
+//! Groups: (a) `autoencoder`: 784-1000-500-250-30 mirrored, random data,
+//! batch 100, block 250: full training step and optimizer time (full step
+//! minus the forward and backward pass, measured alone) for Burn's Adam,
+//! Shampoo, KrADagrad* and KrADagrad, in the paper's setting (statistics
+//! every step, roots every 20) and an amortized one (statistics every 10,
+//! roots every 100), with optimizer state bytes per parameter; (b)
+//! `quadratic`: one step on a 1536x1536 parameter with section 8's settings,
+//! beside one 1536x1536 matmul; (c) `scaling`: KrADagrad* on one weight of
+//! 1024x1024, 4096x4096 and 8192x1024 at block sizes 128, 256 and 512, beside
+//! one batched matmul of the same block shape.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::time::Duration;
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{AutodiffModule, Module, Param};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::record::{AdaptorRecord, AdaptorRecordV1};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Tensor};
+use burn_std::benchmark::Benchmark;
+use kradagrad_burn::{Grafting, KradagradConfig, KradagradStarConfig, ShampooConfig};
+use kradagrad_burn_suite::mlp::Mlp;
+
+const AUTOENCODER: [usize; 9] = [784, 1000, 500, 250, 30, 250, 500, 1000, 784];
+const BATCH: usize = 100;
+
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.into())
+        .split(',')
+        .map(str::to_string)
+        .collect()
+}
+
+fn min_steps() -> usize {
+    std::env::var("KRADAGRAD_BENCH_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
+/// A benchmark whose sample is `cycle` consecutive calls of `step` on shared
+/// state (the state persists across samples: statistics keep accumulating
+/// and roots come due exactly as in training).
+struct Steps<F: FnMut(), S: Fn()> {
+    name: String,
+    cycle: usize,
+    step: RefCell<F>,
+    sync: S,
+}
+
+impl<F: FnMut(), S: Fn()> Benchmark for Steps<F, S> {
+    type Input = ();
+    type Output = ();
+
+    fn prepare(&self) {}
+
+    fn execute(&self, _: ()) -> Result<(), String> {
+        let mut step = self.step.borrow_mut();
+        for _ in 0..self.cycle {
+            (step)();
+        }
+        Ok(())
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn sync(&self) {
+        (self.sync)()
+    }
+}
+
+/// Mean time per call of `step`, over at least `min_steps()` timed calls in
+/// whole cycles of `cycle` calls, after one untimed warm-up cycle. Each
+/// sample is timed by Burn's `Benchmark::profile_full` (device synchronised
+/// before starting and before reading the clock).
+fn time_per_step(name: &str, cycle: usize, step: impl FnMut(), sync: impl Fn()) -> Duration {
+    let samples = min_steps().div_ceil(cycle).max(1);
+    let bench = Steps {
+        name: name.into(),
+        cycle,
+        step: RefCell::new(step),
+        sync,
+    };
+    bench.execute(()).expect("warm-up cycle");
+    let mut total = Duration::ZERO;
+    for _ in 0..samples {
+        let profile = bench.profile_full(()).expect("sample");
+        total += burn_std::future::block_on(profile.resolve()).duration();
+    }
+    let steps = samples * cycle;
+    eprintln!(
+        "  {}: {:.3} ms/step over {steps} steps",
+        bench.name(),
+        ms(total) / steps as f64
+    );
+    total / steps as u32
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The report, row by row, as markdown.
+#[derive(Default)]
+struct Report {
+    text: String,
+}
+
+impl Report {
+    fn line(&mut self, line: impl AsRef<str>) {
+        println!("{}", line.as_ref());
+        let _ = writeln!(self.text, "{}", line.as_ref());
+    }
+}
+
+/// Optimizer state bytes of a model's parameters under one of this crate's optimizers.
+trait StateBytes {
+    fn state_bytes(&self) -> usize;
+}
+
+macro_rules! state_bytes_for {
+    ($($optimizer:ty),*) => {$(
+        impl<B: AutodiffBackend, M: AutodiffModule<B>> StateBytes for OptimizerAdaptor<$optimizer, M, B> {
+            fn state_bytes(&self) -> usize {
+                self.to_record()
+                    .into_values()
+                    .map(|record| match record {
+                        AdaptorRecord::V1(AdaptorRecordV1::Rank1(s)) => s.size_bytes(),
+                        AdaptorRecord::V1(AdaptorRecordV1::Rank2(s)) => s.size_bytes(),
+                        _ => panic!("the benchmarked models have only rank-1 and rank-2 parameters"),
+                    })
+                    .sum()
+            }
+        }
+    )*};
+}
+
+state_bytes_for!(
+    kradagrad_burn::Shampoo,
+    kradagrad_burn::KradagradStar,
+    kradagrad_burn::Kradagrad
+);
+
+/// Group (a): the autoencoder's training step.
+fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Report) {
+    B::seed(device, 0);
+    let model = Mlp::<B>::new(&AUTOENCODER, device);
+    let params = model.num_params();
+    let x = Tensor::<B, 2>::random([BATCH, AUTOENCODER[0]], Distribution::Uniform(0.0, 1.0), device);
+    let sync = || {
+        let _ = B::sync(device);
+    };
+    // Forward and backward alone: subtracted from the full step to give the optimizer's time.
+    let forward_backward = {
+        let model = model.clone();
+        let x = x.clone();
+        time_per_step(
+            &format!("{backend} autoencoder forward+backward"),
+            20,
+            move || {
+                let loss = model.mse(x.clone(), x.clone());
+                let _ = GradientsParams::from_grads(loss.backward(), &model);
+            },
+            sync,
+        )
+    };
+    let full_step =
+        |name: &str, cycle: usize, mut optimizer: Box<dyn FnMut(Mlp<B>, GradientsParams) -> Mlp<B>>| {
+            let state = Rc::new(RefCell::new(Some(model.clone())));
+            let x = x.clone();
+            time_per_step(
+                name,
+                cycle,
+                move || {
+                    let current = state.borrow_mut().take().expect("model");
+                    let loss = current.mse(x.clone(), x.clone());
+                    let grads = GradientsParams::from_grads(loss.backward(), &current);
+                    *state.borrow_mut() = Some(optimizer(current, grads));
+                },
+                sync,
+            )
+        };
+    let mut adam = AdamConfig::new().init::<B, Mlp<B>>();
+    let adam_time = full_step(
+        &format!("{backend} autoencoder adam"),
+        20,
+        Box::new(move |m, g| adam.step(1e-3, m, g)),
+    );
+    report.line(format!(
+        "\n### (a) Autoencoder 784-1000-500-250-30 mirrored, batch {BATCH}, block 250, {params} parameters ({backend})\n"
+    ));
+    report.line(format!(
+        "Forward + backward alone: {:.2} ms. Optimizer time = full step minus that. Adam's state: 2 x params x 4 B = {:.1} MB.\n",
+        ms(forward_backward),
+        (2 * params * 4) as f64 / 1e6
+    ));
+    report.line("| optimizer | setting | full step ms | optimizer ms | full / Adam | optimizer / Adam's | state MB | state / Adam's |");
+    report.line("|---|---|---|---|---|---|---|---|");
+    let adam_opt = adam_time.saturating_sub(forward_backward);
+    let adam_state = (2 * params * 4) as f64;
+    report.line(format!(
+        "| Adam | - | {:.2} | {:.2} | 1.00 | 1.00 | {:.1} | 1.00 |",
+        ms(adam_time),
+        ms(adam_opt),
+        adam_state / 1e6
+    ));
+    for (setting, stats, roots) in [
+        ("paper (stats 1, roots 20)", 1, 20),
+        ("amortized (stats 10, roots 100)", 10, 100),
+    ] {
+        macro_rules! row {
+            ($label:expr, $config:expr) => {{
+                let config = $config
+                    .with_block_size(Some(250))
+                    .with_statistics_compute_steps(stats)
+                    .with_preconditioning_compute_steps(roots);
+                let optimizer = Rc::new(RefCell::new(config.init::<B, Mlp<B>>()));
+                let stepper = optimizer.clone();
+                let time = full_step(
+                    &format!("{backend} autoencoder {} {setting}", $label),
+                    roots,
+                    Box::new(move |m, g| stepper.borrow_mut().step(1e-3, m, g)),
+                );
+                let bytes = optimizer.borrow().state_bytes() as f64;
+                let opt = time.saturating_sub(forward_backward);
+                report.line(format!(
+                    "| {} | {setting} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} |",
+                    $label,
+                    ms(time),
+                    ms(opt),
+                    ms(time) / ms(adam_time),
+                    ms(opt) / ms(adam_opt).max(1e-9),
+                    bytes / 1e6,
+                    bytes / adam_state
+                ));
+            }};
+        }
+        row!("Shampoo", ShampooConfig::new());
+        row!("KrADagrad*", KradagradStarConfig::new());
+        row!("KrADagrad", KradagradConfig::new());
+    }
+    // What the root refreshes cost: the same KrADagrad* step with roots never recomputed
+    // (first due at step 10^9), statistics every step.
+    let config = KradagradStarConfig::new()
+        .with_block_size(Some(250))
+        .with_preconditioning_compute_steps(1_000_000_000);
+    let mut optimizer = config.init::<B, Mlp<B>>();
+    let time = full_step(
+        &format!("{backend} autoencoder KrADagrad* no root refresh"),
+        20,
+        Box::new(move |m, g| optimizer.step(1e-3, m, g)),
+    );
+    let opt = time.saturating_sub(forward_backward);
+    report.line(format!(
+        "| KrADagrad* | no root refresh (stats 1) | {:.2} | {:.2} | {:.2} | {:.2} | - | - |",
+        ms(time),
+        ms(opt),
+        ms(time) / ms(adam_time),
+        ms(opt) / ms(adam_opt).max(1e-9),
+    ));
+}
+
+/// One parameter, as a module, for the optimizer-only groups.
+#[derive(Module, Debug)]
+struct Weight<B: Backend> {
+    w: Param<Tensor<B, 2>>,
+}
+
+/// Mean optimizer step time on one `[rows, cols]` parameter with a fixed random gradient.
+fn optimizer_step<B: AutodiffBackend, O: Optimizer<Weight<B>, B> + 'static>(
+    name: &str,
+    shape: [usize; 2],
+    cycle: usize,
+    optimizer: O,
+    device: &B::Device,
+) -> Duration {
+    let weight = Weight {
+        w: Param::from_tensor(Tensor::<B, 2>::random(shape, Distribution::Default, device)),
+    };
+    let grad = Tensor::<B::InnerBackend, 2>::random(shape, Distribution::Default, device);
+    let state = RefCell::new(Some((weight, optimizer)));
+    time_per_step(
+        name,
+        cycle,
+        move || {
+            let (weight, mut optimizer) = state.borrow_mut().take().expect("state");
+            let mut grads = GradientsParams::new();
+            grads.register(weight.w.id, grad.clone());
+            let weight = optimizer.step(1e-3, weight, grads);
+            *state.borrow_mut() = Some((weight, optimizer));
+        },
+        || {
+            let _ = B::sync(device);
+        },
+    )
+}
+
+/// Mean time of one batched matmul `[batch, d, d] x [batch, d, d]`.
+fn batched_matmul<B: Backend>(name: &str, batch: usize, d: usize, device: &B::Device) -> Duration {
+    let a = Tensor::<B, 3>::random([batch, d, d], Distribution::Default, device);
+    let b = Tensor::<B, 3>::random([batch, d, d], Distribution::Default, device);
+    time_per_step(
+        name,
+        10,
+        move || {
+            let _ = a.clone().matmul(b.clone());
+        },
+        || {
+            let _ = B::sync(device);
+        },
+    )
+}
+
+/// Group (b): the 1536x1536 quadratic's optimizer step with section 8's settings.
+fn quadratic<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Report) {
+    let n = 1536;
+    report.line(format!(
+        "\n### (b) One step on a {n}x{n} parameter, section 8's settings ({backend})\n"
+    ));
+    let matmul = batched_matmul::<B::InnerBackend>(&format!("{backend} matmul {n}"), 1, n, device);
+    let adam = optimizer_step::<B, _>(
+        &format!("{backend} quadratic adam"),
+        [n, n],
+        3,
+        AdamConfig::new().init(),
+        device,
+    );
+    report.line(format!("One {n}x{n} matmul alone: {:.2} ms.\n", ms(matmul)));
+    report.line("| optimizer | ms/step | / Adam | in matmul-times |");
+    report.line("|---|---|---|---|");
+    report.line(format!(
+        "| Adam | {:.2} | 1.00 | {:.1} |",
+        ms(adam),
+        ms(adam) / ms(matmul)
+    ));
+    macro_rules! row {
+        ($label:expr, $config:expr) => {{
+            let config = $config
+                .with_matrix_eps(1e-8)
+                .with_block_size(None)
+                .with_preconditioning_compute_steps(3)
+                .with_start_preconditioning_step(3);
+            let time = optimizer_step::<B, _>(
+                &format!("{backend} quadratic {}", $label),
+                [n, n],
+                3,
+                config.init(),
+                device,
+            );
+            report.line(format!(
+                "| {} | {:.2} | {:.2} | {:.1} |",
+                $label,
+                ms(time),
+                ms(time) / ms(adam),
+                ms(time) / ms(matmul)
+            ));
+        }};
+    }
+    row!(
+        "Shampoo (Newton root)",
+        ShampooConfig::new().with_grafting(Grafting::SgdNorm)
+    );
+    row!("KrADagrad*", KradagradStarConfig::new());
+    row!("KrADagrad", KradagradConfig::new());
+}
+
+/// Group (c): KrADagrad* on big weights at several block sizes.
+fn scaling<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Report) {
+    report.line(format!(
+        "\n### (c) KrADagrad* on one weight, statistics every step, roots every 20 ({backend})\n"
+    ));
+    report.line("| weight | block | blocks | ms/step | one batched matmul of the blocks, ms | step in batched-matmul times | / Adam |");
+    report.line("|---|---|---|---|---|---|---|");
+    for shape in [[1024, 1024], [4096, 4096], [8192, 1024]] {
+        let adam = optimizer_step::<B, _>(
+            &format!("{backend} scaling adam {shape:?}"),
+            shape,
+            20,
+            AdamConfig::new().init(),
+            device,
+        );
+        for block in [128, 256, 512] {
+            let blocks = (shape[0] / block) * (shape[1] / block);
+            let config = KradagradStarConfig::new().with_block_size(Some(block));
+            let time = optimizer_step::<B, _>(
+                &format!("{backend} scaling {shape:?} block {block}"),
+                shape,
+                20,
+                config.init(),
+                device,
+            );
+            let matmul = batched_matmul::<B::InnerBackend>(
+                &format!("{backend} matmul [{blocks}, {block}, {block}]"),
+                blocks,
+                block,
+                device,
+            );
+            report.line(format!(
+                "| {}x{} | {block} | {blocks} | {:.2} | {:.3} | {:.1} | {:.1} |",
+                shape[0],
+                shape[1],
+                ms(time),
+                ms(matmul),
+                ms(time) / ms(matmul),
+                ms(time) / ms(adam)
+            ));
+        }
+    }
+}
+
+fn run_groups<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Report) {
+    let groups = env_list("KRADAGRAD_BENCH_GROUPS", "autoencoder,quadratic,scaling");
+    for group in &groups {
+        match group.as_str() {
+            "autoencoder" => autoencoder::<B>(backend, device, report),
+            "quadratic" => quadratic::<B>(backend, device, report),
+            "scaling" => scaling::<B>(backend, device, report),
+            other => panic!("KRADAGRAD_BENCH_GROUPS: unknown group {other}"),
+        }
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let mut report = Report::default();
+    report.line(format!(
+        "## Step benchmarks: at least {} timed steps per row, whole root cycles, device synchronised before each clock read",
+        min_steps()
+    ));
+    for backend in env_list("KRADAGRAD_BENCH_BACKENDS", "ndarray,wgpu") {
+        match backend.as_str() {
+            "ndarray" => run_groups::<Autodiff<NdArray<f32>>>("ndarray", &Default::default(), &mut report),
+            "wgpu" => run_wgpu(&mut report),
+            other => panic!("KRADAGRAD_BENCH_BACKENDS: unknown backend {other}"),
+        }
+    }
+    let out = std::path::PathBuf::from(
+        std::env::var("KRADAGRAD_BENCH_OUT").unwrap_or_else(|_| "target/bench".into()),
+    );
+    std::fs::create_dir_all(&out).expect("create the output folder");
+    std::fs::write(out.join("step.md"), &report.text).expect("write step.md");
+    println!("\nwrote {}", out.join("step.md").display());
+}
+
+#[cfg(feature = "wgpu")]
+fn run_wgpu(report: &mut Report) {
+    match kradagrad_burn_suite::backends::wgpu_adapter() {
+        Ok(name) => {
+            let label = format!("wgpu: {name}");
+            run_groups::<Autodiff<burn::backend::Wgpu<f32, i32>>>(&label, &Default::default(), report)
+        }
+        Err(reason) => report.line(format!("\nwgpu skipped: no adapter ({reason})")),
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn run_wgpu(report: &mut Report) {
+    report.line("\nwgpu skipped: built without the `wgpu` feature");
+}
