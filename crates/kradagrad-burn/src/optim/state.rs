@@ -158,3 +158,26 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+    use burn::optim::SimpleOptimizer;
+    use burn::tensor::{DType, Tensor};
+
+    use crate::KradagradStarConfig;
+
+    #[test]
+    fn size_bytes_counts_factors_and_buffers() {
+        // A 300x40 weight at block 128: row blocks 128, 128, 44 (three regions), one column
+        // block of 40. Factors per block: a statistic and a root per dim.
+        let device = Default::default();
+        let optimizer = KradagradStarConfig::new().build();
+        let weight = Tensor::<NdArray<f32>, 2>::ones([300, 40], (&device, DType::F32));
+        let (_, state) = SimpleOptimizer::step(&optimizer, 0.1, weight.clone(), weight, None);
+        let state = state.expect("state");
+        let factors = 2 * (2 * (128 * 128 + 40 * 40) + (44 * 44 + 40 * 40));
+        let momentum = 300 * 40;
+        assert_eq!(state.size_bytes(), 4 * (factors + momentum));
+    }
+}
