@@ -31,7 +31,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use indicatif::ProgressBar;
 use kradagrad_burn::{KradagradConfig, KradagradStarConfig, ShampooConfig};
-use kradagrad_burn_suite::cli::{flag_pairs, named_items};
+use kradagrad_burn_suite::cli::{flag_pairs, named_items, value_or_usage};
 use kradagrad_burn_suite::datasets::{mnist, uci_digits, Images};
 use kradagrad_burn_suite::mlp::{scalar, Mlp};
 use kradagrad_burn_suite::report::{plot_log_y, progress_bar, sig3, write_csv, Series};
@@ -120,15 +120,12 @@ fn parse() -> Args {
         he_init: true,
         grids: Vec::new(),
     };
-    fn number<T: std::str::FromStr>(v: &str) -> T {
-        v.parse().unwrap_or_else(|_| usage())
-    }
     for (flag, value) in flag_pairs().unwrap_or_else(|| usage()) {
         let value = value.as_str();
         match flag.as_str() {
-            "--seeds" => args.seeds = number(value),
-            "--epochs" => args.epochs = number(value),
-            "--batch" => args.batch = number(value),
+            "--seeds" => args.seeds = value_or_usage(value, usage),
+            "--epochs" => args.epochs = value_or_usage(value, usage),
+            "--batch" => args.batch = value_or_usage(value, usage),
             "--backend" if ["ndarray", "wgpu"].contains(&value) => args.backend = value.into(),
             "--mnist" => args.mnist = Some(PathBuf::from(value)),
             "--out" => args.out = PathBuf::from(value),
@@ -139,7 +136,7 @@ fn parse() -> Args {
                     .into_iter()
                     .find(|a| a.name() == method)
                     .unwrap_or_else(|| usage());
-                let grid: Vec<f64> = grid.split(',').map(number).collect();
+                let grid: Vec<f64> = grid.split(',').map(|v| value_or_usage(v, usage)).collect();
                 args.grids.push((method, grid));
             }
             "--methods" => args.methods = named_items(value, &ALL, Method::name).unwrap_or_else(|| usage()),

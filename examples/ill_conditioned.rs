@@ -31,7 +31,7 @@ use indicatif::ProgressBar;
 use kradagrad_burn::{
     Grafting, KradagradConfig, KradagradStarConfig, NesterovStyle, RootMethod, ShampooConfig,
 };
-use kradagrad_burn_suite::cli::{flag_pairs, named_items};
+use kradagrad_burn_suite::cli::{flag_pairs, named_items, value_or_usage};
 use kradagrad_burn_suite::quadratic::{QuadraticOnDevice, QuadraticProblem};
 use kradagrad_burn_suite::report::{plot_log_y, progress_bar, sig3, write_csv, Series};
 
@@ -196,17 +196,14 @@ fn parse() -> Args {
         methods: ALL.to_vec(),
         out: PathBuf::from("target/results/ill_conditioned"),
     };
-    fn number<T: std::str::FromStr>(v: &str) -> T {
-        v.parse().unwrap_or_else(|_| usage())
-    }
     for (flag, value) in flag_pairs().unwrap_or_else(|| usage()) {
         let value = value.as_str();
         match flag.as_str() {
-            "--n" => args.n = number(value),
-            "--log-cond" => args.log_cond = number(value),
-            "--steps" => args.steps = number(value),
-            "--seed" => args.seed = number(value),
-            "--newton-iterations" => args.newton_iterations = number(value),
+            "--n" => args.n = value_or_usage(value, usage),
+            "--log-cond" => args.log_cond = value_or_usage(value, usage),
+            "--steps" => args.steps = value_or_usage(value, usage),
+            "--seed" => args.seed = value_or_usage(value, usage),
+            "--newton-iterations" => args.newton_iterations = value_or_usage(value, usage),
             "--backend" if ["ndarray", "wgpu"].contains(&value) => args.backend = value.into(),
             "--root" if value == "newton" || value == "eigh" => args.eigh = value == "eigh",
             "--momentum" => {

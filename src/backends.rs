@@ -15,14 +15,20 @@ pub fn try_quietly<T>(probe: impl FnOnce() -> T + std::panic::UnwindSafe) -> Res
     })
 }
 
-/// Whether a wgpu adapter answers; `Ok` holds its name.
+/// Whether a wgpu adapter answers and computes a sum correctly; `Ok` holds its name.
 #[cfg(feature = "wgpu")]
 pub fn wgpu_adapter() -> Result<String, String> {
     use burn::tensor::{backend::Backend, Tensor};
     try_quietly(|| {
         let device = burn::backend::wgpu::WgpuDevice::default();
         let t = Tensor::<burn::backend::Wgpu, 1>::from_floats([1.0, 2.0], &device);
-        let _ = t.sum().into_data();
+        let sum = t
+            .sum()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .expect("f32 data")[0];
+        assert_eq!(sum, 3.0, "the wgpu adapter computed 1 + 2 = {sum}");
         <burn::backend::Wgpu as Backend>::name(&device)
     })
 }

@@ -9,6 +9,11 @@ pub fn flag_pairs() -> Option<Vec<(String, String)>> {
     Some(raw.chunks(2).map(|p| (p[0].clone(), p[1].clone())).collect())
 }
 
+/// `value` parsed as a `T`, or `usage()` (which prints the usage and exits).
+pub fn value_or_usage<T: std::str::FromStr>(value: &str, usage: fn() -> !) -> T {
+    value.parse().unwrap_or_else(|_| usage())
+}
+
 /// The items of `all` named in the comma-separated `value` (in that order);
 /// `None` when a name is unknown.
 pub fn named_items<T: Copy>(value: &str, all: &[T], name: impl Fn(T) -> &'static str) -> Option<Vec<T>> {

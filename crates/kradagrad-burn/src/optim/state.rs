@@ -124,17 +124,19 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
     /// momentum buffers (Adam, for comparison, holds two parameter-sized
     /// buffers). Reads shapes only, no device synchronisation.
     pub fn size_bytes(&self) -> usize {
-        let bytes3 = |t: &Tensor<B, 3>| t.shape().num_elements() * t.dtype().size();
+        fn bytes<B: Backend, const R: usize>(t: &Tensor<B, R>) -> usize {
+            t.shape().num_elements() * t.dtype().size()
+        }
         let factors: usize = self
             .groups
             .iter()
             .flat_map(|g| g.statistics.iter().chain(&g.roots))
-            .map(bytes3)
+            .map(bytes)
             .sum();
         let buffers: usize = [&self.graft, &self.momentum]
             .into_iter()
             .flatten()
-            .map(|t| t.shape().num_elements() * t.dtype().size())
+            .map(bytes)
             .sum();
         factors + buffers
     }
