@@ -39,7 +39,7 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use burn_std::benchmark::Benchmark;
-use kradagrad_burn::{Grafting, KradagradConfig, KradagradStarConfig, ShampooConfig};
+use kradagrad_burn::{Grafting, KradagradConfig, KradagradStarConfig, RootMethod, ShampooConfig};
 use kradagrad_burn_suite::mlp::Mlp;
 
 const AUTOENCODER: [usize; 9] = [784, 1000, 500, 250, 30, 250, 500, 1000, 784];
@@ -262,6 +262,12 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
         row!("Shampoo", ShampooConfig::new());
         row!("KrADagrad*", KradagradStarConfig::new());
         row!("KrADagrad", KradagradConfig::new());
+        // The same KrADagrad* with its roots by the host eigendecomposition
+        // (f32, one matrix per core): the root method to pick on a CPU.
+        row!(
+            "KrADagrad* (eigh roots)",
+            KradagradStarConfig::new().with_root_method(RootMethod::Eigh)
+        );
     }
     // What the root refreshes cost: the same KrADagrad* step with roots never recomputed
     // (first due at step 10^9), statistics every step.

@@ -185,8 +185,9 @@ macro_rules! preconditioned_config {
             /// How matrix roots are computed. Default: device Newton iterations.
             #[config(default = "crate::roots::RootMethod::Newton")]
             pub root_method: crate::roots::RootMethod,
-            /// Most Newton iterations per root (each matrix stops on its own earlier, on the
-            /// device). Default: `40`.
+            /// Most Newton iterations per root stage (each matrix stops on its own earlier, on
+            /// the device). Fewer run when the precision cannot use more: see
+            /// [`newton_iteration_bound`](crate::roots::newton_iteration_bound). Default: `40`.
             #[config(default = 40)]
             pub newton_iterations: usize,
             /// What a step does with a NaN or Inf gradient. Default: skip it.

@@ -165,30 +165,23 @@ impl BlockLayout {
                     if ext != extents[i] {
                         let pre: usize = extents[..i].iter().product();
                         let post: usize = extents[i + 1..].iter().product();
-                        t = t
-                            .reshape([pre, extents[i], post])
-                            .narrow(1, region.offsets[i], ext)
-                            .reshape([pre * ext * post]);
+                        t = narrow_middle(t, [pre, extents[i], post], region.offsets[i], ext);
                         extents[i] = ext;
                     }
                 }
                 // 2. Move each dim's chunk index out to the batch axis.
                 let numel = region.num_blocks() * region.block_numel();
-                let mut blocks = t.reshape([1, numel]);
                 let mut batch = 1;
                 for i in 0..self.rank() {
                     let count = region.counts[i];
                     if count > 1 {
                         let pre: usize = region.block_dims[..i].iter().product();
                         let rest = numel / (batch * pre * count);
-                        blocks = blocks
-                            .reshape([batch, pre, count, rest])
-                            .swap_dims(1, 2)
-                            .reshape([batch * count, pre * rest]);
+                        t = swap_middle(t, [batch, pre, count, rest]);
                         batch *= count;
                     }
                 }
-                blocks
+                t.reshape([batch, numel / batch])
             })
             .collect()
     }
@@ -204,20 +197,17 @@ impl BlockLayout {
             .map(|(blocks, region)| {
                 let numel = region.num_blocks() * region.block_numel();
                 let mut batch = region.num_blocks();
-                let mut t = blocks;
+                let mut t = blocks.reshape([numel]);
                 for i in (0..self.rank()).rev() {
                     let count = region.counts[i];
                     if count > 1 {
                         batch /= count;
                         let pre: usize = region.block_dims[..i].iter().product();
                         let rest = numel / (batch * pre * count);
-                        t = t
-                            .reshape([batch, count, pre, rest])
-                            .swap_dims(1, 2)
-                            .reshape([batch, count * pre * rest]);
+                        t = swap_middle(t, [batch, count, pre, rest]);
                     }
                 }
-                Some(t.reshape([numel]))
+                Some(t)
             })
             .collect();
         self.join(0, 0, &mut flats)
@@ -239,16 +229,13 @@ impl BlockLayout {
         let first = &self.regions[prefix * radix * stride];
         let pre: usize = (0..i).map(|j| first.extent(j)).product();
         let post: usize = self.dims[i + 1..].iter().product();
-        let pieces: Vec<Tensor<B, 3>> = (0..radix)
+        let pieces: Vec<(Tensor<B, 1>, usize)> = (0..radix)
             .map(|part| {
                 let region = &self.regions[(prefix * radix + part) * stride];
-                self.join(i + 1, prefix * radix + part, flats)
-                    .reshape([pre, region.extent(i), post])
+                (self.join(i + 1, prefix * radix + part, flats), region.extent(i))
             })
             .collect();
-        let joined = Tensor::cat(pieces, 1);
-        let numel = pre * self.dims[i] * post;
-        joined.reshape([numel])
+        cat_middle(pieces, pre, post)
     }
 
     /// Number of parts (1 or 2) of merged dim `i`.
@@ -262,54 +249,130 @@ impl BlockLayout {
     }
 }
 
+/// `[pre, ext, post] -> [pre, len, post]` (entries `offset..offset + len` of
+/// the middle axis) of a row-major tensor, flattened.
+///
+/// Size-1 outer axes are dropped first: burn-ndarray copies a strided view
+/// whose innermost axis has size 1 one element at a time, about ten times
+/// slower than a view with contiguous rows.
+fn narrow_middle<B: Backend>(
+    t: Tensor<B, 1>,
+    [pre, ext, post]: [usize; 3],
+    offset: usize,
+    len: usize,
+) -> Tensor<B, 1> {
+    if pre == 1 {
+        t.narrow(0, offset * post, len * post)
+    } else if post == 1 {
+        t.reshape([pre, ext]).narrow(1, offset, len).reshape([pre * len])
+    } else {
+        t.reshape([pre, ext, post])
+            .narrow(1, offset, len)
+            .reshape([pre * len * post])
+    }
+}
+
+/// Concatenates `[pre, ext_j, post]` pieces (given flattened, with their
+/// `ext_j`) along the middle axis, flattened; size-1 outer axes dropped as in
+/// [`narrow_middle`].
+fn cat_middle<B: Backend>(pieces: Vec<(Tensor<B, 1>, usize)>, pre: usize, post: usize) -> Tensor<B, 1> {
+    let numel = pre * post * pieces.iter().map(|(_, ext)| ext).sum::<usize>();
+    if pre == 1 {
+        Tensor::cat(pieces.into_iter().map(|(t, _)| t).collect(), 0)
+    } else if post == 1 {
+        let pieces = pieces.into_iter().map(|(t, ext)| t.reshape([pre, ext])).collect();
+        Tensor::cat(pieces, 1).reshape([numel])
+    } else {
+        let pieces = pieces
+            .into_iter()
+            .map(|(t, ext)| t.reshape([pre, ext, post]))
+            .collect();
+        Tensor::cat(pieces, 1).reshape([numel])
+    }
+}
+
+/// `[a, b, c, d] -> [a, c, b, d]` of a row-major tensor of any rank holding
+/// `a * b * c * d` entries, flattened, through the lowest-rank view that
+/// expresses it: nothing moves when `b` or `c` is 1, and size-1 outer axes
+/// are dropped (see [`narrow_middle`]).
+fn swap_middle<B: Backend, const R: usize>(t: Tensor<B, R>, [a, b, c, d]: [usize; 4]) -> Tensor<B, 1> {
+    let numel = a * b * c * d;
+    if b == 1 || c == 1 {
+        return t.reshape([numel]);
+    }
+    match (a == 1, d == 1) {
+        (true, true) => t.reshape([b, c]).swap_dims(0, 1).reshape([numel]),
+        (true, false) => t.reshape([b, c, d]).swap_dims(0, 1).reshape([numel]),
+        (false, true) => t.reshape([a, b, c]).swap_dims(1, 2).reshape([numel]),
+        (false, false) => t.reshape([a, b, c, d]).swap_dims(1, 2).reshape([numel]),
+    }
+}
+
+/// `(pre, d, post)`: the block axes before mode `i`, mode `i`'s size, and the
+/// axes after it.
+fn mode_split(block_dims: &[usize], i: usize) -> (usize, usize, usize) {
+    let pre = block_dims[..i].iter().product();
+    let post = block_dims[i + 1..].iter().product();
+    (pre, block_dims[i], post)
+}
+
 /// Mode-`i` unfolding of a batch of blocks: `[blocks, d_i, numel / d_i]`.
 pub fn unfold<B: Backend>(blocks: Tensor<B, 2>, block_dims: &[usize], i: usize) -> Tensor<B, 3> {
     let n = blocks.dims()[0];
-    let pre: usize = block_dims[..i].iter().product();
-    let d = block_dims[i];
-    let post: usize = block_dims[i + 1..].iter().product();
-    if pre == 1 {
-        blocks.reshape([n, d, post])
-    } else {
-        blocks
-            .reshape([n, pre, d, post])
-            .swap_dims(1, 2)
-            .reshape([n, d, pre * post])
-    }
+    let (pre, d, post) = mode_split(block_dims, i);
+    swap_middle(blocks, [n, pre, d, post]).reshape([n, d, pre * post])
 }
 
 /// Inverse of [`unfold`].
 pub fn fold<B: Backend>(unfolded: Tensor<B, 3>, block_dims: &[usize], i: usize) -> Tensor<B, 2> {
     let n = unfolded.dims()[0];
-    let pre: usize = block_dims[..i].iter().product();
-    let d = block_dims[i];
-    let post: usize = block_dims[i + 1..].iter().product();
-    if pre == 1 {
-        unfolded.reshape([n, d * post])
-    } else {
-        unfolded
-            .reshape([n, d, pre, post])
-            .swap_dims(1, 2)
-            .reshape([n, pre * d * post])
-    }
+    let (pre, d, post) = mode_split(block_dims, i);
+    swap_middle(unfolded, [n, d, pre, post]).reshape([n, pre * d * post])
 }
 
 /// Mode-`i` Gram matrices of a batch of blocks (section 2, step 3): the block
 /// contracted with itself over every axis but `i`, `[blocks, d_i, d_i]`.
+///
+/// The first and last modes need no unfolding: with the block viewed as
+/// `[d, post]` the Gram is `X X^T`, as `[pre, d]` it is `X^T X`.
 pub fn mode_gram<B: Backend>(blocks: Tensor<B, 2>, block_dims: &[usize], i: usize) -> Tensor<B, 3> {
-    let x = unfold(blocks, block_dims, i);
-    x.clone().matmul(x.swap_dims(1, 2))
+    let n = blocks.dims()[0];
+    let (pre, d, post) = mode_split(block_dims, i);
+    let (x, x_t) = if post == 1 {
+        let x = blocks.reshape([n, pre, d]);
+        (x.clone().swap_dims(1, 2), x)
+    } else {
+        let x = unfold(blocks, block_dims, i);
+        (x.clone(), x.swap_dims(1, 2))
+    };
+    x.matmul(x_t)
 }
 
-/// Multiplies mode `i` of every block by its (symmetric) factor
+/// Multiplies mode `i` of every block by its symmetric factor
 /// `[blocks, d_i, d_i]` (section 2, step 4).
+///
+/// No axis is moved: with the block viewed as `[pre, d, post]`, the product is
+/// `F X` for the first mode (`pre = 1`), `X F` for the last (`post = 1`; `F`
+/// is symmetric) and, between them, `F` broadcast over `pre`.
 pub fn mode_product<B: Backend>(
     blocks: Tensor<B, 2>,
     factor: Tensor<B, 3>,
     block_dims: &[usize],
     i: usize,
 ) -> Tensor<B, 2> {
-    fold(factor.matmul(unfold(blocks, block_dims, i)), block_dims, i)
+    let n = blocks.dims()[0];
+    let (pre, d, post) = mode_split(block_dims, i);
+    let numel = pre * d * post;
+    if pre == 1 {
+        factor.matmul(blocks.reshape([n, d, post])).reshape([n, numel])
+    } else if post == 1 {
+        blocks.reshape([n, pre, d]).matmul(factor).reshape([n, numel])
+    } else {
+        factor
+            .unsqueeze_dim::<4>(1)
+            .matmul(blocks.reshape([n, pre, d, post]))
+            .reshape([n, numel])
+    }
 }
 
 #[cfg(test)]
@@ -400,6 +463,44 @@ mod tests {
             assert_eq!(total, n, "{shape:?}");
             let back = values(layout.assemble(blocks));
             assert_eq!(back, values(iota(n)), "{shape:?} block {block:?}");
+        }
+    }
+
+    /// A batch of `n` symmetric `[d, d]` matrices with distinct entries.
+    fn symmetric(n: usize, d: usize) -> Tensor<B, 3> {
+        let a = iota(n * d * d).reshape([n, d, d]).sin();
+        a.clone() + a.swap_dims(1, 2)
+    }
+
+    #[test]
+    fn mode_products_and_grams_match_the_unfolded_definitions() {
+        // Every mode of rank-1, rank-2 and rank-3 blocks (first, middle, last
+        // and only mode), three blocks each, against `fold(F unfold(X))` and
+        // `unfold(X) unfold(X)^T` written out.
+        for dims in [vec![6], vec![5, 7], vec![2, 3, 4], vec![3, 1, 4]] {
+            let numel: usize = dims.iter().product();
+            let blocks = iota(3 * numel).reshape([3, numel]).cos();
+            for i in 0..dims.len() {
+                let d = dims[i];
+                let factor = symmetric(3, d);
+                let x = unfold(blocks.clone(), &dims, i);
+                let expected = fold(factor.clone().matmul(x.clone()), &dims, i);
+                let got = mode_product(blocks.clone(), factor, &dims, i);
+                let expected_gram = x.clone().matmul(x.swap_dims(1, 2));
+                let gram = mode_gram(blocks.clone(), &dims, i);
+                for (a, b) in values(got).iter().zip(values(expected)) {
+                    assert!(
+                        (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                        "{dims:?} mode {i}: {a} vs {b}"
+                    );
+                }
+                for (a, b) in values(gram).iter().zip(values(expected_gram)) {
+                    assert!(
+                        (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                        "{dims:?} gram {i}: {a} vs {b}"
+                    );
+                }
+            }
         }
     }
 
