@@ -26,6 +26,15 @@
 //! 1024x1024, 4096x4096 and 8192x1024 at block sizes 128, 256 and 512, beside
 //! one batched matmul of the same block shape.
 
+/// burn-ndarray allocates a fresh buffer for the result of every op. glibc's
+/// malloc serves buffers above its mmap threshold with `mmap` and unmaps them
+/// on free, so every large op pays page faults on first touch: on the 2-core
+/// development VM a `[16, 250, 250]` batched matmul took 8.5 ms that way and
+/// 2.3 ms with mimalloc, which keeps freed memory for reuse (see
+/// docs/performance.md). The benchmark states the allocator it ran with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -454,7 +463,7 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let mut report = Report::default();
     report.line(format!(
-        "## Step benchmarks: at least {} timed steps per row, whole root cycles, device synchronised before each clock read",
+        "## Step benchmarks: at least {} timed steps per row, whole root cycles, device synchronised before each clock read, mimalloc as the global allocator",
         min_steps()
     ));
     for backend in env_list("KRADAGRAD_BENCH_BACKENDS", "ndarray,wgpu") {
