@@ -18,13 +18,14 @@
 //! Groups: (a) `autoencoder`: 784-1000-500-250-30 mirrored, random data,
 //! batch 100, block 250: full training step and optimizer time (full step
 //! minus the forward and backward pass, measured alone) for Burn's Adam,
-//! Shampoo, KrADagrad* and KrADagrad, in the paper's setting (statistics
-//! every step, roots every 20) and an amortized one (statistics every 10,
-//! roots every 100), with optimizer state bytes per parameter; (b)
-//! `quadratic`: one step on a 1536x1536 parameter with section 8's settings,
-//! beside one 1536x1536 matmul; (c) `scaling`: KrADagrad* on one weight of
-//! 1024x1024, 4096x4096 and 8192x1024 at block sizes 128, 256 and 512, beside
-//! one batched matmul of the same block shape.
+//! Shampoo, KrADagrad*, KrADagrad and KrADagrad* with host eigendecomposition
+//! roots, in the paper's setting (statistics every step, roots every 20) and
+//! an amortized one (statistics every 10, roots every 100), with optimizer
+//! state bytes per parameter; (b) `quadratic`: one step on a 1536x1536
+//! parameter with section 8's settings, beside one 1536x1536 matmul; (c)
+//! `scaling`: KrADagrad* on one weight of 1024x1024, 4096x4096 and 8192x1024
+//! at block sizes 128, 256 and 512, against the number of batched matmuls of
+//! the same block shape that the step performs, each timed alone.
 
 /// burn-ndarray allocates a fresh buffer for the result of every op. glibc's
 /// malloc serves buffers above its mmap threshold with `mmap` and unmaps them
