@@ -271,16 +271,19 @@ fn bounded_newton_root<B: Backend>(
     let mut frozen: Tensor<B, 3, Bool> = error.clone().lower_equal_elem(tolerance);
     let mut iterations = error.zeros_like();
     let bound = newton_iteration_bound(p, d, condition, round_off(&m));
+    // T is carried unscaled, as p T = (p+1) I - M (one pass instead of three),
+    // and its powers of p are divided out in the symmetrisation's factor 1/2
+    // (exact for the power-of-two orders the optimizers use).
+    let shifted_identity = identity.clone().mul_scalar(pf + 1.0);
     for _ in 0..max_iterations.min(bound) {
-        let t = (identity.clone().mul_scalar(pf + 1.0) - m.clone()).div_scalar(pf);
+        let t = shifted_identity.clone() - m.clone();
         let t_pm1 = matrix_power(t.clone(), p - 1);
         let x_next = if spec.inverse {
-            x.clone().matmul(t.clone())
+            scaled_symmetrize(x.clone().matmul(t.clone()), 1.0 / pf)
         } else {
-            x.clone().matmul(t_pm1.clone())
+            scaled_symmetrize(x.clone().matmul(t_pm1.clone()), pf.powi(1 - p as i32))
         };
-        let m_next = symmetrize(t_pm1.matmul(t).matmul(m.clone()));
-        let x_next = symmetrize(x_next);
+        let m_next = scaled_symmetrize(t_pm1.matmul(t).matmul(m.clone()), pf.powi(-(p as i32)));
         let error_next = crate::krad::frobenius_norm(m_next.clone() - identity.clone());
         // Freeze a matrix whose residual grows: it is past its round-off floor.
         let diverging = error_next.clone().greater(error.clone().mul_scalar(1.2));
@@ -306,6 +309,11 @@ fn bounded_newton_root<B: Backend>(
         iterations: iterations.reshape([n]),
         residual: error.reshape([n]),
     }
+}
+
+/// `c (A + A^T) / 2` in one scaling pass.
+fn scaled_symmetrize<B: Backend>(a: Tensor<B, 3>, c: f64) -> Tensor<B, 3> {
+    (a.clone() + a.swap_dims(1, 2)).mul_scalar(0.5 * c)
 }
 
 /// The result of [`newton_root`], everything still on the device.
