@@ -49,8 +49,8 @@ use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use burn_std::benchmark::Benchmark;
-use kradagrad_burn::roots::newton_iteration_bound;
-use kradagrad_burn::{Grafting, KradagradConfig, KradagradStarConfig, RootMethod, ShampooConfig};
+use kradagrad_burn::roots::{newton_iteration_bound, newton_stages};
+use kradagrad_burn::{Grafting, KradagradConfig, KradagradStarConfig, RootMethod, RootSpec, ShampooConfig};
 use kradagrad_burn_suite::mlp::Mlp;
 
 const AUTOENCODER: [usize; 9] = [784, 1000, 500, 250, 30, 250, 500, 1000, 784];
@@ -413,9 +413,16 @@ fn quadratic<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut
 /// `root_every` steps.
 fn matmuls_per_step(b: usize, root_every: usize) -> f64 {
     let u = f32::EPSILON as f64;
-    let defaults = KradagradStarConfig::new();
-    let stage = |condition: f64| newton_iteration_bound(2, b, condition, u).min(defaults.newton_iterations);
-    let iterations = stage(1.0 / u) + stage(u.powf(-0.5));
+    let cap = KradagradStarConfig::new().newton_iterations;
+    // KrADagrad*'s P = S^(1/(2k)) with k = 2 runs as square-root stages,
+    // three matmuls per iteration each.
+    let iterations: usize = newton_stages(RootSpec::positive(4), u)
+        .into_iter()
+        .map(|(order, condition)| {
+            assert_eq!(order, 2, "square-root stages");
+            newton_iteration_bound(order, b, condition, u).min(cap)
+        })
+        .sum();
     2.0 * 4.0 + 2.0 * 3.0 * iterations as f64 / root_every as f64
 }
 

@@ -9,7 +9,13 @@ use burn::tensor::{backend::Backend, Tensor};
 
 /// Symmetrises a batch of matrices: `(A + A^T) / 2`.
 pub fn symmetrize<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
-    (a.clone() + a.swap_dims(1, 2)).mul_scalar(0.5)
+    symmetrize_scaled(a, 1.0)
+}
+
+/// `c (A + A^T) / 2` for a batch of matrices, the scale folded into the
+/// symmetrisation's one scaling pass.
+pub fn symmetrize_scaled<B: Backend>(a: Tensor<B, 3>, c: f64) -> Tensor<B, 3> {
+    (a.clone() + a.swap_dims(1, 2)).mul_scalar(0.5 * c)
 }
 
 /// Per-matrix trace of `A B` for symmetric `B`, as a `[n, 1, 1]` tensor

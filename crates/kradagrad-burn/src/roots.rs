@@ -10,7 +10,7 @@
 use burn::config::Config;
 use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 
-use crate::krad::symmetrize;
+use crate::krad::{symmetrize, symmetrize_scaled};
 
 /// How the optimizers compute matrix roots.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -132,49 +132,47 @@ pub fn staged_newton_root<B: Backend>(
     spec: RootSpec,
     max_iterations: usize,
 ) -> NewtonRoot<B> {
-    let mut order = spec.order.max(1);
-    let mut a = a;
-    let mut shift = spec.shift;
-    // Largest condition number the input can resolve (eigenvalues below
-    // round-off times the largest are noise); each square root halves its log.
-    let mut condition = 1.0 / round_off(&a);
+    let stages = newton_stages(spec, round_off(&a));
+    let last = stages.len() - 1;
+    let mut root = a;
     let mut iterations: Option<Tensor<B, 1>> = None;
-    let add =
-        |total: Option<Tensor<B, 1>>, more: Tensor<B, 1>| Some(total.map_or(more.clone(), |t| t + more));
+    let mut residual = None;
+    for (k, (order, condition)) in stages.into_iter().enumerate() {
+        // The shift applies to the input, the inverse and the floor to the last stage.
+        let stage_spec = RootSpec {
+            order,
+            inverse: k == last && spec.inverse,
+            shift: if k == 0 { spec.shift } else { 0.0 },
+            floor: if k == last { spec.floor } else { 0.0 },
+        };
+        let stage = bounded_newton_root(root, stage_spec, max_iterations, condition);
+        root = stage.root;
+        iterations = Some(iterations.map_or(stage.iterations.clone(), |t| t + stage.iterations));
+        residual = Some(stage.residual);
+    }
+    NewtonRoot {
+        root,
+        iterations: iterations.expect("at least one stage"),
+        residual: residual.expect("at least one stage"),
+    }
+}
+
+/// The stages [`staged_newton_root`] runs for `spec` on input stored with
+/// unit round-off `round_off`: `(order, condition)` per stage, where
+/// `condition` bounds the condition number of that stage's input (the
+/// largest the input can resolve, `1 / round_off`; each square root halves
+/// its log) and sets the stage's [`newton_iteration_bound`].
+pub fn newton_stages(spec: RootSpec, round_off: f64) -> Vec<(u32, f64)> {
+    let mut order = spec.order.max(1);
+    let mut condition = 1.0 / round_off;
+    let mut stages = Vec::new();
     while !spec.inverse && order.is_multiple_of(2) && order > 2 {
-        let stage = bounded_newton_root(
-            a,
-            RootSpec {
-                order: 2,
-                inverse: false,
-                shift,
-                floor: 0.0,
-            },
-            max_iterations,
-            condition,
-        );
-        a = stage.root;
-        shift = 0.0;
+        stages.push((2, condition));
         condition = condition.sqrt();
-        iterations = add(iterations, stage.iterations);
         order /= 2;
     }
-    let last = bounded_newton_root(
-        a,
-        RootSpec {
-            order,
-            inverse: spec.inverse,
-            shift,
-            floor: spec.floor,
-        },
-        max_iterations,
-        condition,
-    );
-    NewtonRoot {
-        root: last.root,
-        iterations: add(iterations, last.iterations).expect("at least one stage"),
-        residual: last.residual,
-    }
+    stages.push((order, condition));
+    stages
 }
 
 /// Coupled Newton iteration for `A^(-1/p)` or `A^(1/p)`.
@@ -279,11 +277,11 @@ fn bounded_newton_root<B: Backend>(
         let t = shifted_identity.clone() - m.clone();
         let t_pm1 = matrix_power(t.clone(), p - 1);
         let x_next = if spec.inverse {
-            scaled_symmetrize(x.clone().matmul(t.clone()), 1.0 / pf)
+            symmetrize_scaled(x.clone().matmul(t.clone()), 1.0 / pf)
         } else {
-            scaled_symmetrize(x.clone().matmul(t_pm1.clone()), pf.powi(1 - p as i32))
+            symmetrize_scaled(x.clone().matmul(t_pm1.clone()), pf.powi(1 - p as i32))
         };
-        let m_next = scaled_symmetrize(t_pm1.matmul(t).matmul(m.clone()), pf.powi(-(p as i32)));
+        let m_next = symmetrize_scaled(t_pm1.matmul(t).matmul(m.clone()), pf.powi(-(p as i32)));
         let error_next = crate::krad::frobenius_norm(m_next.clone() - identity.clone());
         // Freeze a matrix whose residual grows: it is past its round-off floor.
         let diverging = error_next.clone().greater(error.clone().mul_scalar(1.2));
@@ -309,11 +307,6 @@ fn bounded_newton_root<B: Backend>(
         iterations: iterations.reshape([n]),
         residual: error.reshape([n]),
     }
-}
-
-/// `c (A + A^T) / 2` in one scaling pass.
-fn scaled_symmetrize<B: Backend>(a: Tensor<B, 3>, c: f64) -> Tensor<B, 3> {
-    (a.clone() + a.swap_dims(1, 2)).mul_scalar(0.5 * c)
 }
 
 /// The result of [`newton_root`], everything still on the device.
