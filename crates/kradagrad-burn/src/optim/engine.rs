@@ -224,10 +224,12 @@ fn kronecker_precondition<B: Backend, const D: usize>(
     if tau.is_multiple_of(options.statistics_compute_steps) {
         for ((group, region), b) in state.groups.iter_mut().zip(&layout.regions).zip(&blocks) {
             for (i, statistic) in group.statistics.iter_mut().enumerate() {
-                let gram = mode_gram(b.clone(), &region.block_dims, i);
+                let (s, dims) = (statistic.clone(), &region.block_dims);
                 *statistic = match variant {
-                    Variant::Shampoo => shampoo::update_statistic(statistic.clone(), gram, options.beta2),
-                    _ => kradagrad_star::update_statistic(statistic.clone(), gram, options.beta2),
+                    Variant::Shampoo => {
+                        shampoo::update_statistic(s, mode_gram(b.clone(), dims, i), options.beta2)
+                    }
+                    _ => kradagrad_star::update_statistic(s, b.clone(), dims, i, options.beta2),
                 };
             }
         }

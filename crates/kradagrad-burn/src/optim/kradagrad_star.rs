@@ -10,7 +10,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use super::engine::Variant;
 use crate::config::preconditioned_config;
-use crate::krad::{decay_inverse, krad_star_update};
+use crate::krad::{decay_inverse, krad_star_update_from_blocks};
 use crate::roots::RootSpec;
 
 preconditioned_config! {
@@ -31,9 +31,16 @@ preconditioned_config! {
     inverse_exponent_override = |_config| 0
 }
 
-/// The KrADagrad* statistic update (section 3), with decay `beta2`.
-pub(crate) fn update_statistic<B: Backend>(s: Tensor<B, 3>, gram: Tensor<B, 3>, beta2: f64) -> Tensor<B, 3> {
-    krad_star_update(decay_inverse(s, beta2), gram)
+/// The KrADagrad* statistic update (section 3) of the mode-`i` inverse
+/// statistics of a batch of gradient blocks, with decay `beta2`.
+pub(crate) fn update_statistic<B: Backend>(
+    s: Tensor<B, 3>,
+    blocks: Tensor<B, 2>,
+    block_dims: &[usize],
+    i: usize,
+    beta2: f64,
+) -> Tensor<B, 3> {
+    krad_star_update_from_blocks(decay_inverse(s, beta2), blocks, block_dims, i)
 }
 
 /// `P = S^(1/(2k))`.
