@@ -13,7 +13,10 @@
 //! `KRADAGRAD_BENCH_GROUPS` (`autoencoder,quadratic,scaling`),
 //! `KRADAGRAD_BENCH_STEPS` (at least this many timed steps per row, default
 //! 300), `KRADAGRAD_BENCH_OUT` (where `step.md` is written, default
-//! `target/bench`).
+//! `target/bench`). On burn-ndarray, `MATMUL_NUM_THREADS=1` keeps
+//! matrixmultiply from threading inside burn-ndarray's per-matrix parallel
+//! loop, which speeds up batched matmuls and slows down single large ones
+//! (docs/performance.md); the report states the setting.
 //!
 //! Groups: (a) `autoencoder`: 784-1000-500-250-30 mirrored, random data,
 //! batch 100, block 250: full training step and optimizer time (full step
@@ -492,8 +495,13 @@ fn run_groups<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mu
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let mut report = Report::default();
+    // burn-ndarray runs a batched matmul's matrices in parallel (rayon) and
+    // each matrix through matrixmultiply, itself threaded unless
+    // MATMUL_NUM_THREADS=1 (read once, at the first matmul): the setting
+    // changes every CPU row, so the report states it.
+    let matmul_threads = std::env::var("MATMUL_NUM_THREADS").unwrap_or_else(|_| "unset".into());
     report.line(format!(
-        "## Step benchmarks: at least {} timed steps per row, whole root cycles, device synchronised before each clock read, mimalloc as the global allocator",
+        "## Step benchmarks: at least {} timed steps per row, whole root cycles, device synchronised before each clock read, mimalloc as the global allocator, MATMUL_NUM_THREADS={matmul_threads}",
         min_steps()
     ));
     for backend in env_list("KRADAGRAD_BENCH_BACKENDS", "ndarray,wgpu") {
