@@ -410,10 +410,11 @@ fn quadratic<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut
 
 /// Batched `[blocks, b, b]` matmuls in one KrADagrad* step on a 2-D weight
 /// cut into `b x b` blocks, statistics every step and roots every
-/// `root_every` steps, for f32: per factor (two) a Gram, two matmuls in the
-/// KrAD update and one applying it, plus three matmuls per Newton iteration
-/// of the two square-root stages of the fourth root, spread over
-/// `root_every` steps.
+/// `root_every` steps, for f32: per factor (two) the statistics update in
+/// its block form for square blocks (`S X` and `(S X)(S X)^T`, two matmuls;
+/// `krad::krad_star_update_from_blocks`) and one matmul applying the root,
+/// plus three matmuls per Newton iteration of the two square-root stages of
+/// the fourth root, spread over `root_every` steps.
 fn matmuls_per_step(b: usize, root_every: usize) -> f64 {
     let u = f32::EPSILON as f64;
     let cap = KradagradStarConfig::new().newton_iterations;
@@ -426,7 +427,7 @@ fn matmuls_per_step(b: usize, root_every: usize) -> f64 {
             newton_iteration_bound(order, b, condition, u).min(cap)
         })
         .sum();
-    2.0 * 4.0 + 2.0 * 3.0 * iterations as f64 / root_every as f64
+    2.0 * 3.0 + 2.0 * 3.0 * iterations as f64 / root_every as f64
 }
 
 /// Group (c): KrADagrad* on big weights at several block sizes.
@@ -435,8 +436,8 @@ fn scaling<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut R
         "\n### (c) KrADagrad* on one weight, statistics every step, roots every 20 ({backend})\n"
     ));
     report.line(
-        "Matmuls per step, counted in batched matmuls `[blocks, b, b] x [blocks, b, b]`: per factor a Gram \
-         and two in the KrAD update, one applying it, and three per Newton iteration every 20th step \
+        "Matmuls per step, counted in batched matmuls `[blocks, b, b] x [blocks, b, b]`: per factor two in \
+         the KrAD update (`S X` and `(S X)(S X)^T`), one applying the root, and three per Newton iteration every 20th step \
          (iterations: `roots::newton_iteration_bound` for the two f32 square-root stages). The issue's \
          target is a step within 1.5x of that many batched matmuls timed alone.\n",
     );
