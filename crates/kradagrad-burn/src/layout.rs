@@ -336,16 +336,27 @@ pub fn fold<B: Backend>(unfolded: Tensor<B, 3>, block_dims: &[usize], i: usize) 
 /// The first and last modes need no unfolding: with the block viewed as
 /// `[d, post]` the Gram is `X X^T`, as `[pre, d]` it is `X^T X`.
 pub fn mode_gram<B: Backend>(blocks: Tensor<B, 2>, block_dims: &[usize], i: usize) -> Tensor<B, 3> {
-    let n = blocks.dims()[0];
+    mode_cross(blocks.clone(), blocks, block_dims, i)
+}
+
+/// Mode-`i` cross products of two batches of blocks of the same shape:
+/// `unfold_i(A) unfold_i(B)^T`, `[blocks, d_i, d_i]` ([`mode_gram`] is
+/// `A = B`). The last mode needs no unfolding (`A^T B` on `[pre, d]` views).
+pub fn mode_cross<B: Backend>(
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    block_dims: &[usize],
+    i: usize,
+) -> Tensor<B, 3> {
+    let n = a.dims()[0];
     let (pre, d, post) = mode_split(block_dims, i);
-    let (x, x_t) = if post == 1 {
-        let x = blocks.reshape([n, pre, d]);
-        (x.clone().swap_dims(1, 2), x)
+    if post == 1 {
+        a.reshape([n, pre, d])
+            .swap_dims(1, 2)
+            .matmul(b.reshape([n, pre, d]))
     } else {
-        let x = unfold(blocks, block_dims, i);
-        (x.clone(), x.swap_dims(1, 2))
-    };
-    x.matmul(x_t)
+        unfold(a, block_dims, i).matmul(unfold(b, block_dims, i).swap_dims(1, 2))
+    }
 }
 
 /// Multiplies mode `i` of every block by its symmetric factor

@@ -12,8 +12,8 @@ use burn::tensor::{backend::Backend, Tensor};
 use super::engine::{apply_factors, refresh_roots, Touched, Variant};
 use super::PreconditionerState;
 use crate::config::{preconditioned_config, Options};
-use crate::krad::{decay_inverse, krad_mm_update};
-use crate::layout::{mode_gram, mode_product, BlockLayout};
+use crate::krad::{decay_inverse, krad_mm_update_from_blocks};
+use crate::layout::{mode_product, BlockLayout};
 use crate::roots::RootSpec;
 
 preconditioned_config! {
@@ -78,10 +78,9 @@ pub(crate) fn precondition<B: Backend, const D: usize>(
             .map(|((b, group), region)| apply_factors(b.clone(), &group.roots, &region.block_dims, Some(i)))
             .collect();
         for ((group, region), gt) in state.groups.iter_mut().zip(&layout.regions).zip(&tilde) {
-            let m = mode_gram(gt.clone(), &region.block_dims, i);
-            let s = &group.statistics[i];
+            let s = decay_inverse(group.statistics[i].clone(), options.beta2);
             group.statistics[i] =
-                krad_mm_update(decay_inverse(s.clone(), options.beta2), m, options.matrix_eps);
+                krad_mm_update_from_blocks(s, gt.clone(), &region.block_dims, i, options.matrix_eps);
         }
         state.stale_dims[i] = true;
         touched.statistics[i] = true;
