@@ -44,9 +44,15 @@ pub fn decay_inverse<B: Backend>(s: Tensor<B, 3>, beta2: f64) -> Tensor<B, 3> {
 /// KrADagrad* update (section 3): `S - S C S / (d (1 + trace(C S)))` for a
 /// batch of inverse statistics `s` and Gram matrices `gram`, `[n, d, d]`.
 pub fn krad_star_update<B: Backend>(s: Tensor<B, 3>, gram: Tensor<B, 3>) -> Tensor<B, 3> {
-    let d = s.dims()[1] as f64;
     let trace = trace_of_product(gram.clone(), s.clone());
     let sms = s.clone().matmul(gram).matmul(s.clone());
+    krad_star_step(s, sms, trace)
+}
+
+/// The KrADagrad* step shared by both forms: `S - S C S / (d (1 + trace(C S)))`,
+/// symmetrised, given `S C S` and `trace(C S)` (`[n, 1, 1]`).
+fn krad_star_step<B: Backend>(s: Tensor<B, 3>, sms: Tensor<B, 3>, trace: Tensor<B, 3>) -> Tensor<B, 3> {
+    let d = s.dims()[1] as f64;
     let denominator = trace.add_scalar(1.0).mul_scalar(d);
     symmetrize(s - sms / denominator)
 }
@@ -76,9 +82,7 @@ pub fn krad_star_update_from_blocks<B: Backend>(
     }
     let y = mode_product(blocks.clone(), s.clone(), block_dims, i);
     let trace = (blocks * y.clone()).sum_dim(1).reshape([n, 1, 1]);
-    let sms = mode_gram(y, block_dims, i);
-    let denominator = trace.add_scalar(1.0).mul_scalar(d as f64);
-    symmetrize(s - sms / denominator)
+    krad_star_step(s, mode_gram(y, block_dims, i), trace)
 }
 
 /// KrADagrad update (section 4): damping `S' = S - eps S S^T`, then
@@ -86,9 +90,15 @@ pub fn krad_star_update_from_blocks<B: Backend>(
 pub fn krad_mm_update<B: Backend>(s: Tensor<B, 3>, gram: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
     let damped = damp(s, eps);
     let a = damped.clone().matmul(gram);
-    let denominator = frobenius_norm(a.clone()).add_scalar(1.0);
-    let update = a.matmul(damped.clone().swap_dims(1, 2)) / denominator;
-    symmetrize(damped - update)
+    let sms = a.clone().matmul(damped.clone().swap_dims(1, 2));
+    krad_mm_step(damped, sms, a)
+}
+
+/// The KrADagrad step shared by both forms: `S' - S' M S'^T / (1 + ||S' M||_F)`,
+/// symmetrised, given the damped `S'`, `S' M S'^T` and `S' M`.
+fn krad_mm_step<B: Backend>(damped: Tensor<B, 3>, sms: Tensor<B, 3>, sm: Tensor<B, 3>) -> Tensor<B, 3> {
+    let denominator = frobenius_norm(sm).add_scalar(1.0);
+    symmetrize(damped - sms / denominator)
 }
 
 /// KrADagrad's damping `S - eps S S^T` (section 4).
@@ -121,9 +131,8 @@ pub fn krad_mm_update_from_blocks<B: Backend>(
     let damped = damp(s, eps);
     // The mode product takes the factor as symmetric; S' is, up to round-off.
     let y = mode_product(blocks.clone(), damped.clone(), block_dims, i);
-    let denominator = frobenius_norm(mode_cross(y.clone(), blocks, block_dims, i)).add_scalar(1.0);
-    let update = mode_gram(y, block_dims, i) / denominator;
-    symmetrize(damped - update)
+    let sm = mode_cross(y.clone(), blocks, block_dims, i);
+    krad_mm_step(damped, mode_gram(y, block_dims, i), sm)
 }
 
 #[cfg(test)]
