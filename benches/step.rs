@@ -432,15 +432,17 @@ fn matmuls_per_step(b: usize, root_every: usize) -> f64 {
 
 /// Group (c): KrADagrad* on big weights at several block sizes.
 fn scaling<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Report) {
+    // The config's own root interval sets the timed cycle and the matmul count.
+    let roots_every = KradagradStarConfig::new().preconditioning_compute_steps;
     report.line(format!(
-        "\n### (c) KrADagrad* on one weight, statistics every step, roots every 20 ({backend})\n"
+        "\n### (c) KrADagrad* on one weight, statistics every step, roots every {roots_every} ({backend})\n"
     ));
-    report.line(
+    report.line(format!(
         "Matmuls per step, counted in batched matmuls `[blocks, b, b] x [blocks, b, b]`: per factor two in \
-         the KrAD update (`S X` and `(S X)(S X)^T`), one applying the root, and three per Newton iteration every 20th step \
-         (iterations: `roots::newton_iteration_bound` for the two f32 square-root stages). The issue's \
-         target is a step within 1.5x of that many batched matmuls timed alone.\n",
-    );
+         the KrAD update (`S X` and `(S X)(S X)^T`), one applying the root, and three per Newton iteration every \
+         {roots_every}th step (iterations: `roots::newton_iteration_bound` for the two f32 square-root stages). \
+         The issue's target is a step within 1.5x of that many batched matmuls timed alone.\n",
+    ));
     report.line("| weight | block | blocks | ms/step | one batched matmul of the blocks, ms | matmuls per step | step / (matmuls x one) | / Adam |");
     report.line("|---|---|---|---|---|---|---|---|");
     for shape in [[1024, 1024], [4096, 4096], [8192, 1024]] {
@@ -457,7 +459,7 @@ fn scaling<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut R
             let time = optimizer_step::<B, _>(
                 &format!("{backend} scaling {shape:?} block {block}"),
                 shape,
-                20,
+                roots_every,
                 config.init(),
                 device,
             );
@@ -467,7 +469,7 @@ fn scaling<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut R
                 block,
                 device,
             );
-            let matmuls = matmuls_per_step(block, 20);
+            let matmuls = matmuls_per_step(block, roots_every);
             report.line(format!(
                 "| {}x{} | {block} | {blocks} | {:.2} | {:.3} | {matmuls:.1} | {:.2} | {:.1} |",
                 shape[0],
