@@ -21,14 +21,17 @@
 //! Groups: (a) `autoencoder`: 784-1000-500-250-30 mirrored, random data,
 //! batch 100, block 250: full training step and optimizer time (full step
 //! minus the forward and backward pass, measured alone) for Burn's Adam,
-//! Shampoo, KrADagrad*, KrADagrad and KrADagrad* with host eigendecomposition
-//! roots, in the paper's setting (statistics every step, roots every 20) and
-//! an amortized one (statistics every 10, roots every 100), with optimizer
+//! Shampoo, KrADagrad*, KrADagrad, KrADagrad* with host eigendecomposition
+//! roots, and the three with factor sides aligned to 32 (`matmul_alignment`),
+//! in the paper's setting (statistics every step, roots every 20) and an
+//! amortized one (statistics every 10, roots every 100), with optimizer
 //! state bytes per parameter; (b) `quadratic`: one step on a 1536x1536
 //! parameter with section 8's settings, beside one 1536x1536 matmul; (c)
 //! `scaling`: KrADagrad* on one weight of 1024x1024, 4096x4096 and 8192x1024
 //! at block sizes 128, 256 and 512, against the number of batched matmuls of
-//! the same block shape that the step performs, each timed alone.
+//! the same block shape that the step performs, each timed alone; (d)
+//! `precision` (not in the default list): batched Grams in f32, f16 and
+//! bf16 where the backend runs them, with the half types' error.
 
 /// burn-ndarray allocates a fresh buffer for the result of every op. glibc's
 /// malloc serves buffers above its mmap threshold with `mmap` and unmaps them
@@ -282,6 +285,20 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
             "KrADagrad* (eigh roots)",
             KradagradStarConfig::new().with_root_method(RootMethod::Eigh)
         );
+        // Factor sides padded to a multiple of 32 (250 -> 256) in the roots and
+        // the preconditioner products: exact, and a side GPU matmul kernels tile well.
+        row!(
+            "Shampoo (aligned 32)",
+            ShampooConfig::new().with_matmul_alignment(32)
+        );
+        row!(
+            "KrADagrad* (aligned 32)",
+            KradagradStarConfig::new().with_matmul_alignment(32)
+        );
+        row!(
+            "KrADagrad (aligned 32)",
+            KradagradConfig::new().with_matmul_alignment(32)
+        );
     }
     // What the root refreshes cost: the same KrADagrad* step with roots never recomputed
     // (first due at step 10^9), statistics every step.
@@ -483,6 +500,68 @@ fn scaling<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut R
     }
 }
 
+/// Group (d): what a half-precision statistics product would buy. Batched
+/// `[batch, d, d]` matmuls in f32, f16 and bf16 (each where the backend runs
+/// it), and the relative Frobenius error of a Gram `X X^T` of `X` rounded to
+/// the half type (the PSD-preserving form a precision policy would use)
+/// against the f32 Gram. Inputs are cast once, outside the timed region.
+fn precision<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Report) {
+    use burn::tensor::{DType, ElementConversion, FloatDType};
+    report.line(format!(
+        "\n### (d) Statistics precision: one batched Gram `X X^T`, `[batch, d, d]` ({backend})\n"
+    ));
+    report.line("| batch x d | dtype | ms | / f32 | Gram rel. error vs f32 |");
+    report.line("|---|---|---|---|---|");
+    for (batch, d) in [(16, 250), (16, 256), (1, 1536), (1024, 128), (64, 512)] {
+        let x = Tensor::<B::InnerBackend, 3>::random([batch, d, d], Distribution::Default, device);
+        let reference = x.clone().matmul(x.clone().swap_dims(1, 2));
+        let norm = reference
+            .clone()
+            .powi_scalar(2)
+            .sum()
+            .sqrt()
+            .into_scalar()
+            .elem::<f64>();
+        let mut f32_time = None;
+        for (label, dtype, float) in [
+            ("f32", DType::F32, FloatDType::F32),
+            ("f16", DType::F16, FloatDType::F16),
+            ("bf16", DType::BF16, FloatDType::BF16),
+        ] {
+            if !B::InnerBackend::supports_dtype(device, dtype) {
+                report.line(format!("| {batch} x {d} | {label} | not supported | - | - |"));
+                continue;
+            }
+            let a = x.clone().cast(float);
+            let at = a.clone().swap_dims(1, 2);
+            let gram = a.clone().matmul(at.clone()).cast(FloatDType::F32);
+            let error = (gram - reference.clone())
+                .powi_scalar(2)
+                .sum()
+                .sqrt()
+                .into_scalar()
+                .elem::<f64>()
+                / norm;
+            let time = time_per_step(
+                &format!("{backend} gram [{batch}, {d}, {d}] {label}"),
+                10,
+                move || {
+                    let _ = a.clone().matmul(at.clone());
+                },
+                || {
+                    let _ = B::sync(device);
+                },
+            );
+            let base = *f32_time.get_or_insert(time);
+            report.line(format!(
+                "| {batch} x {d} | {label} | {:.3} | {:.2} | {error:.1e} |",
+                ms(time),
+                ms(time) / ms(base)
+            ));
+        }
+    }
+}
+
 fn run_groups<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Report) {
     let groups = env_list("KRADAGRAD_BENCH_GROUPS", "autoencoder,quadratic,scaling");
     for group in &groups {
@@ -490,6 +569,7 @@ fn run_groups<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mu
             "autoencoder" => autoencoder::<B>(backend, device, report),
             "quadratic" => quadratic::<B>(backend, device, report),
             "scaling" => scaling::<B>(backend, device, report),
+            "precision" => precision::<B>(backend, device, report),
             other => panic!("KRADAGRAD_BENCH_GROUPS: unknown group {other}"),
         }
     }

@@ -2,16 +2,34 @@
 
 /// Runs `probe`, turning a panic (how the wgpu runtime reports a missing
 /// adapter or feature) into its message, with the panic hook silenced.
+///
+/// The wgpu runtime sets its device up on a thread of its own: when that
+/// fails, the probe itself only sees a closed channel. The message returned is
+/// therefore the first panic seen on any thread while the probe ran (the
+/// cause), falling back to the probe's own panic payload.
 pub fn try_quietly<T>(probe: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
+    use std::sync::{Arc, Mutex};
+    let first_panic = Arc::new(Mutex::new(None::<String>));
+    let sink = first_panic.clone();
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    std::panic::set_hook(Box::new(move |info| {
+        let mut slot = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.get_or_insert_with(|| info.to_string());
+    }));
     let result = std::panic::catch_unwind(probe);
     std::panic::set_hook(hook);
-    result.map_err(|p| {
-        p.downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "the runtime panicked".into())
+    result.map_err(|payload| {
+        let cause = first_panic
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        cause.unwrap_or_else(|| {
+            payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "the runtime panicked".into())
+        })
     })
 }
 

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+pub mod alignment;
 pub mod config;
 pub mod guard;
 pub mod krad;

@@ -75,7 +75,15 @@ pub(crate) fn precondition<B: Backend, const D: usize>(
             .iter()
             .zip(&state.groups)
             .zip(&layout.regions)
-            .map(|((b, group), region)| apply_factors(b.clone(), &group.roots, &region.block_dims, Some(i)))
+            .map(|((b, group), region)| {
+                apply_factors(
+                    b.clone(),
+                    &group.roots,
+                    &region.block_dims,
+                    Some(i),
+                    options.matmul_alignment,
+                )
+            })
             .collect();
         for ((group, region), gt) in state.groups.iter_mut().zip(&layout.regions).zip(&tilde) {
             let s = decay_inverse(group.statistics[i].clone(), options.beta2);
@@ -106,7 +114,15 @@ pub(crate) fn precondition<B: Backend, const D: usize>(
             .into_iter()
             .zip(&state.groups)
             .zip(&layout.regions)
-            .map(|((b, group), region)| apply_factors(b, &group.roots, &region.block_dims, None))
+            .map(|((b, group), region)| {
+                apply_factors(
+                    b,
+                    &group.roots,
+                    &region.block_dims,
+                    None,
+                    options.matmul_alignment,
+                )
+            })
             .collect(),
     };
     layout.assemble(out).reshape(grad.dims())
