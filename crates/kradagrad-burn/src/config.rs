@@ -58,7 +58,6 @@ pub(crate) struct Options {
     pub diagonal_eps: f64,
     pub root_method: RootMethod,
     pub newton_iterations: usize,
-    pub matmul_alignment: usize,
     pub non_finite_gradients: NonFiniteGradients,
     pub inverse_exponent_override: u32,
 }
@@ -110,12 +109,6 @@ impl Options {
             return fail(
                 "newton_iterations",
                 "must be at least 1 with RootMethod::Newton, got 0".into(),
-            );
-        }
-        if self.matmul_alignment == 0 {
-            return fail(
-                "matmul_alignment",
-                "must be at least 1 (1 pads nothing), got 0".into(),
             );
         }
         if self.root_method != RootMethod::Newton && !cfg!(feature = "eigh") {
@@ -197,12 +190,6 @@ macro_rules! preconditioned_config {
             /// [`newton_iteration_bound`](crate::roots::newton_iteration_bound). Default: `40`.
             #[config(default = 40)]
             pub newton_iterations: usize,
-            /// Pad factor sides up to a multiple of this in the Newton roots and in applying
-            /// the roots (exact: see [`alignment`](crate::alignment)). GPU matmul kernels run
-            /// sides such as 250 far below their rate at 256; on a CPU the padding only adds
-            /// work. `1` pads nothing. Default: `1`.
-            #[config(default = 1)]
-            pub matmul_alignment: usize,
             /// What a step does with a NaN or Inf gradient. Default: skip it.
             #[config(default = "crate::config::NonFiniteGradients::Skip")]
             pub non_finite_gradients: crate::config::NonFiniteGradients,
@@ -234,7 +221,6 @@ macro_rules! preconditioned_config {
                     diagonal_eps: self.diagonal_eps,
                     root_method: self.root_method,
                     newton_iterations: self.newton_iterations,
-                    matmul_alignment: self.matmul_alignment,
                     non_finite_gradients: self.non_finite_gradients,
                     inverse_exponent_override: $override,
                 }

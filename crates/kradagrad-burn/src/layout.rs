@@ -310,7 +310,7 @@ fn swap_middle<B: Backend, const R: usize>(t: Tensor<B, R>, [a, b, c, d]: [usize
 
 /// `(pre, d, post)`: the block axes before mode `i`, mode `i`'s size, and the
 /// axes after it.
-pub(crate) fn mode_split(block_dims: &[usize], i: usize) -> (usize, usize, usize) {
+fn mode_split(block_dims: &[usize], i: usize) -> (usize, usize, usize) {
     let pre = block_dims[..i].iter().product();
     let post = block_dims[i + 1..].iter().product();
     (pre, block_dims[i], post)

@@ -1,7 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
-pub mod alignment;
 pub mod config;
 pub mod guard;
 pub mod krad;

@@ -7,11 +7,10 @@ use burn::tensor::{backend::Backend, Tensor};
 use std::collections::BTreeMap;
 
 use super::{kradagrad, kradagrad_star, shampoo, FactorGroup, PreconditionerState};
-use crate::alignment::{aligned_dims, aligned_root, crop_blocks, pad_blocks, pad_factor};
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
 use crate::layout::{mode_gram, mode_product, BlockLayout};
-use crate::roots::{matrix_root, RootMethod, RootSpec};
+use crate::roots::{matrix_root, RootSpec};
 use crate::transforms::{accumulate_graft, apply_momentum, graft, WeightDecayStyle};
 
 /// Which optimizer a step runs.
@@ -175,12 +174,7 @@ pub(crate) fn refresh_roots<B: Backend>(
                 .collect(),
             0,
         );
-        let root = |a| matrix_root(a, spec, options.root_method, options.newton_iterations);
-        // The host eigendecomposition gains nothing from aligned sides.
-        let roots = match options.root_method {
-            RootMethod::Newton => aligned_root(stacked, options.matmul_alignment, root),
-            _ => root(stacked),
-        };
+        let roots = matrix_root(stacked, spec, options.root_method, options.newton_iterations);
         let total = roots.dims()[0];
         let mut offset = 0;
         for (g, i) in members {
@@ -195,34 +189,18 @@ pub(crate) fn refresh_roots<B: Backend>(
     }
 }
 
-/// Applies every factor to every block: mode `i` multiplied by `roots[i]`,
-/// on sides padded to a multiple of `alignment` (exact; see
-/// [`alignment`](crate::alignment)).
+/// Applies every factor to every block: mode `i` multiplied by `roots[i]`.
 pub(crate) fn apply_factors<B: Backend>(
     blocks: Tensor<B, 2>,
     roots: &[Tensor<B, 3>],
     block_dims: &[usize],
     skip: Option<usize>,
-    alignment: usize,
 ) -> Tensor<B, 2> {
-    let padded_dims = aligned_dims(block_dims, alignment);
-    let applied = roots
+    roots
         .iter()
         .enumerate()
         .filter(|(i, _)| Some(*i) != skip)
-        .collect::<Vec<_>>();
-    let padded = applied.iter().any(|(i, _)| padded_dims[*i] != block_dims[*i]);
-    if !padded {
-        return applied
-            .into_iter()
-            .fold(blocks, |b, (i, p)| mode_product(b, p.clone(), block_dims, i));
-    }
-    let product = applied
-        .into_iter()
-        .fold(pad_blocks(blocks, block_dims, &padded_dims), |b, (i, p)| {
-            mode_product(b, pad_factor(p.clone(), padded_dims[i]), &padded_dims, i)
-        });
-    crop_blocks(product, &padded_dims, block_dims)
+        .fold(blocks, |b, (i, p)| mode_product(b, p.clone(), block_dims, i))
 }
 
 /// KrADagrad* and Shampoo (sections 3 and 5): every factor of every block is
@@ -272,15 +250,7 @@ fn kronecker_precondition<B: Backend, const D: usize>(
         .into_iter()
         .zip(&state.groups)
         .zip(&layout.regions)
-        .map(|((b, group), region)| {
-            apply_factors(
-                b,
-                &group.roots,
-                &region.block_dims,
-                None,
-                options.matmul_alignment,
-            )
-        })
+        .map(|((b, group), region)| apply_factors(b, &group.roots, &region.block_dims, None))
         .collect();
     layout.assemble(preconditioned).reshape(grad.dims())
 }

@@ -75,15 +75,7 @@ pub(crate) fn precondition<B: Backend, const D: usize>(
             .iter()
             .zip(&state.groups)
             .zip(&layout.regions)
-            .map(|((b, group), region)| {
-                apply_factors(
-                    b.clone(),
-                    &group.roots,
-                    &region.block_dims,
-                    Some(i),
-                    options.matmul_alignment,
-                )
-            })
+            .map(|((b, group), region)| apply_factors(b.clone(), &group.roots, &region.block_dims, Some(i)))
             .collect();
         for ((group, region), gt) in state.groups.iter_mut().zip(&layout.regions).zip(&tilde) {
             let s = decay_inverse(group.statistics[i].clone(), options.beta2);
@@ -114,15 +106,7 @@ pub(crate) fn precondition<B: Backend, const D: usize>(
             .into_iter()
             .zip(&state.groups)
             .zip(&layout.regions)
-            .map(|((b, group), region)| {
-                apply_factors(
-                    b,
-                    &group.roots,
-                    &region.block_dims,
-                    None,
-                    options.matmul_alignment,
-                )
-            })
+            .map(|((b, group), region)| apply_factors(b, &group.roots, &region.block_dims, None))
             .collect(),
     };
     layout.assemble(out).reshape(grad.dims())
