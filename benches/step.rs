@@ -110,9 +110,11 @@ impl<F: FnMut(), S: Fn()> Benchmark for Steps<F, S> {
 }
 
 /// Mean time per call of `step`, over at least `min_steps()` timed calls in
-/// whole cycles of `cycle` calls, after one untimed warm-up cycle. Each
-/// sample is timed by Burn's `Benchmark::profile_full` (device synchronised
-/// before starting and before reading the clock).
+/// whole cycles of `cycle` calls, after untimed warm-up cycles (at least one,
+/// and more until half a second has passed: a GPU that sat idle runs its first
+/// fraction of a second at low clocks, and kernels compile and autotune on
+/// first use). Each sample is timed by Burn's `Benchmark::profile_full`
+/// (device synchronised before starting and before reading the clock).
 fn time_per_step(name: &str, cycle: usize, step: impl FnMut(), sync: impl Fn()) -> Duration {
     let samples = min_steps().div_ceil(cycle).max(1);
     let bench = Steps {
@@ -121,7 +123,14 @@ fn time_per_step(name: &str, cycle: usize, step: impl FnMut(), sync: impl Fn()) 
         step: RefCell::new(step),
         sync,
     };
-    bench.execute(()).expect("warm-up cycle");
+    let warm_up = std::time::Instant::now();
+    loop {
+        bench.execute(()).expect("warm-up cycle");
+        bench.sync();
+        if warm_up.elapsed() >= Duration::from_millis(500) {
+            break;
+        }
+    }
     let mut total = Duration::ZERO;
     for _ in 0..samples {
         let profile = bench.profile_full(()).expect("sample");
