@@ -62,3 +62,46 @@ pub fn wgpu_has_f64() -> bool {
     use burn::tensor::{backend::Backend, DType};
     <Wgpu64 as Backend>::supports_dtype(&burn::backend::wgpu::WgpuDevice::default(), DType::F64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::try_quietly;
+    use std::sync::Mutex;
+
+    /// The panic hook is process-wide: these tests take turns installing it.
+    static HOOK: Mutex<()> = Mutex::new(());
+
+    #[test]
+    fn a_probe_that_returns_is_ok() {
+        let _turn = HOOK.lock().unwrap_or_else(|p| p.into_inner());
+        assert_eq!(try_quietly(|| 3), Ok(3));
+    }
+
+    #[test]
+    fn the_cause_on_another_thread_is_reported_not_the_closed_channel() {
+        let _turn = HOOK.lock().unwrap_or_else(|p| p.into_inner());
+        // Like the wgpu runtime: the setup fails on a thread of its own and
+        // the caller only sees its channel close.
+        let result: Result<(), String> = try_quietly(|| {
+            let (sender, receiver) = std::sync::mpsc::channel::<()>();
+            let _ = std::thread::spawn(move || {
+                let _sender = sender;
+                panic!("no adapter for the requested backend");
+            })
+            .join();
+            receiver.recv().unwrap();
+        });
+        let message = result.unwrap_err();
+        assert!(
+            message.contains("no adapter for the requested backend"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_panic_on_the_probe_thread_is_its_message() {
+        let _turn = HOOK.lock().unwrap_or_else(|p| p.into_inner());
+        let result: Result<(), String> = try_quietly(|| panic!("missing feature"));
+        assert!(result.unwrap_err().contains("missing feature"));
+    }
+}
