@@ -514,6 +514,7 @@ fn scaling<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut R
 /// against the f32 Gram. Inputs are cast once, outside the timed region.
 fn precision<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Report) {
     use burn::tensor::{DType, ElementConversion, FloatDType};
+    use kradagrad_burn::transforms::norm;
     report.line(format!(
         "\n### (d) Statistics precision: one batched Gram `X X^T`, `[batch, d, d]` ({backend})\n"
     ));
@@ -522,13 +523,8 @@ fn precision<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut
     for (batch, d) in [(16, 250), (16, 256), (1, 1536), (1024, 128), (64, 512)] {
         let x = Tensor::<B::InnerBackend, 3>::random([batch, d, d], Distribution::Default, device);
         let reference = x.clone().matmul(x.clone().swap_dims(1, 2));
-        let norm = reference
-            .clone()
-            .powi_scalar(2)
-            .sum()
-            .sqrt()
-            .into_scalar()
-            .elem::<f64>();
+        let frobenius = |t: Tensor<B::InnerBackend, 3>| norm(t).into_scalar().elem::<f64>();
+        let reference_norm = frobenius(reference.clone());
         let mut f32_time = None;
         for (label, dtype, float) in [
             ("f32", DType::F32, FloatDType::F32),
@@ -542,13 +538,7 @@ fn precision<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut
             let a = x.clone().cast(float);
             let at = a.clone().swap_dims(1, 2);
             let gram = a.clone().matmul(at.clone()).cast(FloatDType::F32);
-            let error = (gram - reference.clone())
-                .powi_scalar(2)
-                .sum()
-                .sqrt()
-                .into_scalar()
-                .elem::<f64>()
-                / norm;
+            let error = frobenius(gram - reference.clone()) / reference_norm;
             let time = time_per_step(
                 &format!("{backend} gram [{batch}, {d}, {d}] {label}"),
                 10,
