@@ -95,6 +95,12 @@ macro_rules! backend_tests {
         }
 
         #[test]
+        fn batched_front_end_matches_per_parameter() {
+            let Some(_guard) = $ready else { return };
+            common::batched_matches_per_parameter::<burn::backend::Autodiff<$f32>>(&$device, 1e-4);
+        }
+
+        #[test]
         fn a_loaded_state_that_does_not_fit_is_a_clear_error() {
             let Some(_guard) = $ready else { return };
             common::mismatched_state_after_load::<burn::backend::Autodiff<$f32>>(&$device);
@@ -597,4 +603,217 @@ pub fn mismatched_state_after_load<B: AutodiffBackend>(device: &B::Device) {
         message.contains("does not match the parameter of shape [4, 32]"),
         "{message}"
     );
+}
+
+// ---------------------------------------------------------------- the batched front end
+
+/// Every float parameter of a module, read back as f64, in visit order.
+pub fn module_values<B: Backend, M: Module<B>>(module: &M) -> Vec<f64> {
+    struct Values(Vec<f64>);
+    impl<B: Backend> burn::module::ModuleVisitor<B> for Values {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let values = param.val().to_data().convert::<f64>().to_vec::<f64>().unwrap();
+            self.0.extend(values);
+        }
+    }
+    let mut values = Values(vec![]);
+    module.visit(&mut values);
+    values.0
+}
+
+/// `steps` steps of `optimizer` on the [`Zoo`]'s quadratic.
+fn zoo_steps<B: AutodiffBackend, O: Optimizer<Zoo<B>, B>>(
+    device: &B::Device,
+    mut optimizer: O,
+    lr: f64,
+    steps: usize,
+) -> (Zoo<B>, O) {
+    let mut model = zoo::<B>(device);
+    for _ in 0..steps {
+        let grads = burn::optim::GradientsParams::from_grads(zoo_loss(&model).backward(), &model);
+        model = optimizer.step(lr, model, grads);
+    }
+    (model, optimizer)
+}
+
+/// The largest entry-wise gap between two runs, relative to the larger
+/// magnitude (at least 1).
+fn max_gap(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() / x.abs().max(y.abs()).max(1.0))
+        .fold(0.0, f64::max)
+}
+
+/// Layers of equal shapes, as in an MLP 5-20-20-20-3 (weights `[in, out]`
+/// and biases), so that at block 8 their blocks share stacks in
+/// `BatchedOptimizer`; built from host data in `B`'s own float type.
+#[derive(Module, Debug)]
+pub struct Stack<B: Backend> {
+    w1: Param<Tensor<B, 2>>,
+    b1: Param<Tensor<B, 1>>,
+    w2: Param<Tensor<B, 2>>,
+    b2: Param<Tensor<B, 1>>,
+    w3: Param<Tensor<B, 2>>,
+    b3: Param<Tensor<B, 1>>,
+    w4: Param<Tensor<B, 2>>,
+}
+
+fn stack<B: Backend>(device: &B::Device) -> Stack<B> {
+    Stack {
+        w1: Param::from_tensor(normal([5, 20], 21, device)),
+        b1: Param::from_tensor(normal([20], 22, device)),
+        w2: Param::from_tensor(normal([20, 20], 23, device)),
+        b2: Param::from_tensor(normal([20], 24, device)),
+        w3: Param::from_tensor(normal([20, 20], 25, device)),
+        b3: Param::from_tensor(normal([20], 26, device)),
+        w4: Param::from_tensor(normal([20, 3], 27, device)),
+    }
+}
+
+/// A coupled loss: the squared output of the network on fixed inputs
+/// against fixed targets (tanh layers), so gradients mix every block.
+fn stack_loss<B: Backend>(s: &Stack<B>, x: &Tensor<B, 2>, y: &Tensor<B, 2>) -> Tensor<B, 1> {
+    let h = (x.clone().matmul(s.w1.val()) + s.b1.val().unsqueeze()).tanh();
+    let h = (h.matmul(s.w2.val()) + s.b2.val().unsqueeze()).tanh();
+    let h = (h.matmul(s.w3.val()) + s.b3.val().unsqueeze()).tanh();
+    (h.matmul(s.w4.val()) - y.clone()).square().mean()
+}
+
+/// `steps` steps of `optimizer` on the [`Stack`]'s loss.
+fn stack_steps<B: AutodiffBackend, O: Optimizer<Stack<B>, B>>(
+    device: &B::Device,
+    mut optimizer: O,
+    lr: f64,
+    steps: usize,
+) -> Stack<B> {
+    let (x, y) = (
+        normal::<B, 2>([32, 5], 28, device),
+        normal::<B, 2>([32, 3], 29, device),
+    );
+    let mut model = stack::<B>(device);
+    for _ in 0..steps {
+        let grads = burn::optim::GradientsParams::from_grads(stack_loss(&model, &x, &y).backward(), &model);
+        model = optimizer.step(lr, model, grads);
+    }
+    model
+}
+
+/// `BatchedOptimizer` (factors stacked across parameters) and
+/// `OptimizerAdaptor` (one state per parameter) give the same parameters
+/// after 8 steps, for each optimizer, with roots refreshed twice or more,
+/// every grafting and both weight-decay styles: on the [`Zoo`] (every shape
+/// class: rank 0, blocked with remainders, rank 3 and 4, a parameter without
+/// gradient) and on a [`Stack`] whose equal layers and biases share stacks (at
+/// block 8, the 20x20 weights' full, remainder and corner blocks and the
+/// biases' blocks each stack across layers; KrADagrad's schedule splits the
+/// 5x20 weight from the others). The arithmetic per block is the same; only
+/// the batching differs.
+pub fn batched_matches_per_parameter<B: AutodiffBackend>(device: &B::Device, tolerance: f64) {
+    let steps = 8;
+    macro_rules! compare {
+        ($name:expr, $config:expr, $lr:expr) => {{
+            let config = $config;
+            let (a, _) = zoo_steps::<B, _>(device, config.init(), $lr, steps);
+            let (b, _) = zoo_steps::<B, _>(device, config.init_batched(), $lr, steps);
+            let gap = max_gap(&module_values(&a), &module_values(&b));
+            let a = stack_steps::<B, _>(device, config.init(), $lr, steps);
+            let b = stack_steps::<B, _>(device, config.init_batched(), $lr, steps);
+            let gap = gap.max(max_gap(&module_values(&a), &module_values(&b)));
+            assert!(
+                gap <= tolerance,
+                "{}: batched and per-parameter differ by {gap:e} (> {tolerance:e})",
+                $name
+            );
+        }};
+    }
+    compare!(
+        "kradagrad*",
+        KradagradStarConfig::new()
+            .with_block_size(Some(8))
+            .with_preconditioning_compute_steps(3)
+            .with_grafting(Grafting::Adam)
+            .with_nesterov(true)
+            .with_weight_decay(0.01),
+        0.05
+    );
+    compare!(
+        "kradagrad* (amortized, late start)",
+        KradagradStarConfig::new()
+            .with_block_size(Some(8))
+            .with_statistics_compute_steps(2)
+            .with_preconditioning_compute_steps(4)
+            .with_start_preconditioning_step(3),
+        0.05
+    );
+    compare!(
+        "kradagrad",
+        KradagradConfig::new()
+            .with_block_size(Some(8))
+            .with_preconditioning_compute_steps(3),
+        0.02
+    );
+    compare!(
+        "shampoo",
+        ShampooConfig::new()
+            .with_block_size(Some(8))
+            .with_preconditioning_compute_steps(3)
+            .with_grafting(Grafting::AdaGrad)
+            .with_weight_decay(0.01)
+            .with_weight_decay_style(WeightDecayStyle::Decoupled),
+        0.05
+    );
+}
+
+/// Everything `BatchedOptimizer`'s record holds, read back.
+pub fn batched_snapshot<B: Backend>(state: &kradagrad_burn::BatchedState<B>) -> Vec<TensorData> {
+    let factors = state
+        .classes
+        .iter()
+        .flat_map(|c| &c.groups)
+        .flat_map(|g| g.statistics.iter().chain(&g.roots))
+        .map(|t| t.to_data());
+    let buffers = state
+        .graft
+        .iter()
+        .chain(&state.momentum)
+        .flatten()
+        .map(|t| t.to_data());
+    factors.chain(buffers).collect()
+}
+
+/// The [`Zoo`]'s gradients with `bad` written into one entry of one parameter.
+pub fn zoo_grads_with<B: AutodiffBackend>(model: &Zoo<B>, bad: f64) -> burn::optim::GradientsParams {
+    let mut grads = burn::optim::GradientsParams::from_grads(zoo_loss(model).backward(), model);
+    let id = model.cube.id;
+    let g: Tensor<B::InnerBackend, 3> = grads.remove(id).unwrap();
+    let mut values = g.to_data().convert::<f64>().to_vec::<f64>().unwrap();
+    values[7] = bad;
+    let device = g.device();
+    let g = Tensor::<B::InnerBackend, 3>::from_data(
+        TensorData::new(values, g.dims()),
+        (&device, float_dtype::<B::InnerBackend>()),
+    );
+    grads.register(id, g);
+    grads
+}
+
+/// `steps` steps on the [`Zoo`] continuing from `model`.
+pub fn zoo_continue<B: AutodiffBackend, O: Optimizer<Zoo<B>, B>>(
+    mut model: Zoo<B>,
+    optimizer: &mut O,
+    lr: f64,
+    steps: usize,
+) -> Zoo<B> {
+    for _ in 0..steps {
+        let grads = burn::optim::GradientsParams::from_grads(zoo_loss(&model).backward(), &model);
+        model = optimizer.step(lr, model, grads);
+    }
+    model
+}
+
+/// A fresh [`Zoo`] (public for the batched tests).
+pub fn zoo_model<B: Backend>(device: &B::Device) -> Zoo<B> {
+    zoo(device)
 }

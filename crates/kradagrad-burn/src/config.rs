@@ -249,6 +249,22 @@ macro_rules! preconditioned_config {
             {
                 burn::optim::adaptor::OptimizerAdaptor::from(self.build())
             }
+
+            /// Initializes one optimizer for a whole module that batches the
+            /// factors of equal block shape across all its parameters (see
+            /// [`BatchedOptimizer`](crate::optim::BatchedOptimizer)): the
+            /// faster front end where every parameter gets a gradient at every
+            /// step. Panics with the field's name if the config is invalid.
+            pub fn init_batched<B, M>(&self) -> crate::optim::BatchedOptimizer<M, B>
+            where
+                B: burn::tensor::backend::AutodiffBackend,
+                M: burn::module::AutodiffModule<B>,
+            {
+                if let Err(error) = self.validate() {
+                    panic!("{error}");
+                }
+                crate::optim::BatchedOptimizer::new(self.options(), $variant)
+            }
         }
 
         $(#[$ometa])*

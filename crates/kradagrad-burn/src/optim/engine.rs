@@ -2,7 +2,7 @@
 //! then graft, weight decay and momentum (ALGORITHM.md sections 3 to 6), with
 //! the non-finite gradient guard around it all.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Bool, Tensor};
 
 use std::collections::BTreeMap;
 
@@ -26,7 +26,7 @@ pub(crate) enum Variant {
 
 impl Variant {
     /// Scale of the initial statistic (`scale * I`).
-    fn initial_scale(self, options: &Options) -> f64 {
+    pub(crate) fn initial_scale(self, options: &Options) -> f64 {
         match self {
             Variant::KradagradStar => 1.0 / options.matrix_eps,
             Variant::Kradagrad => 1.0,
@@ -48,11 +48,46 @@ pub(crate) struct Touched {
 }
 
 impl Touched {
-    fn none(rank: usize) -> Self {
+    pub(crate) fn none(rank: usize) -> Self {
         Self {
             statistics: vec![false; rank],
             roots: vec![false; rank],
         }
+    }
+}
+
+/// Mutable access to the factors of one preconditioner: a parameter's own
+/// (one [`FactorGroup`] per region of its layout) or, in
+/// [`BatchedOptimizer`](super::BatchedOptimizer), the stacked factors of every
+/// parameter of one schedule class (one group per distinct block shape).
+pub(crate) struct Factors<'a, B: Backend> {
+    /// The step counter (see [`PreconditionerState::step`]).
+    pub step: &'a mut usize,
+    /// One factor group per batch of equally shaped blocks.
+    pub groups: &'a mut [FactorGroup<B>],
+    /// KrADagrad's stale-dim flags (empty for the other optimizers).
+    pub stale_dims: &'a mut Vec<bool>,
+}
+
+/// Preconditions blocks with the factors they own (sections 3 to 5):
+/// `blocks[g]` is the `[blocks, block_numel]` batch of `factors.groups[g]`, of
+/// block shape `block_dims[g]`; `dims` are the merged dims KrADagrad's
+/// schedule reads (every block shares them, or at least their rank and the
+/// position of their largest entry). Updates statistics and roots when due and
+/// returns the preconditioned blocks, or `None` when the direction is the raw
+/// gradient (rank 0, or before `start_preconditioning_step`).
+pub(crate) fn precondition_blocks<B: Backend>(
+    options: &Options,
+    variant: Variant,
+    dims: &[usize],
+    block_dims: &[&[usize]],
+    factors: Factors<'_, B>,
+    blocks: Vec<Tensor<B, 2>>,
+    touched: &mut Touched,
+) -> Option<Vec<Tensor<B, 2>>> {
+    match variant {
+        Variant::Kradagrad => kradagrad::precondition(options, dims, block_dims, factors, blocks, touched),
+        _ => kronecker_precondition(options, variant, dims.len(), block_dims, factors, blocks, touched),
     }
 }
 
@@ -65,10 +100,7 @@ pub(crate) fn step<B: Backend, const D: usize>(
     grad: Tensor<B, D>,
     state: Option<PreconditionerState<B, D>>,
 ) -> (Tensor<B, D>, Option<PreconditionerState<B, D>>) {
-    assert!(
-        lr.is_finite() && lr > 0.0,
-        "kradagrad-burn: the learning rate must be positive and finite, got {lr}"
-    );
+    check_learning_rate(lr);
     let shape = tensor.dims().to_vec();
     let layout = BlockLayout::new(&shape, options.block_size, options.merge_dims);
     let non_finite = guard::non_finite(&grad);
@@ -92,60 +124,125 @@ pub(crate) fn step<B: Backend, const D: usize>(
 
     let mut new = old.clone();
     let mut touched = Touched::none(layout.rank());
-    let direction = match variant {
-        Variant::Kradagrad => kradagrad::precondition(options, &layout, &mut new, &grad, &mut touched),
-        _ => kronecker_precondition(options, variant, &layout, &mut new, &grad, &mut touched),
+    let blocks = match layout.rank() {
+        0 => vec![],
+        _ => layout.split(grad.clone().reshape([layout.numel()])),
     };
-    new.graft = accumulate_graft(options.grafting, new.graft.take(), &grad, options.beta2);
+    let block_dims: Vec<&[usize]> = layout.regions.iter().map(|r| r.block_dims.as_slice()).collect();
+    let factors = Factors {
+        step: &mut new.step,
+        groups: &mut new.groups,
+        stale_dims: &mut new.stale_dims,
+    };
+    let direction = match precondition_blocks(
+        options,
+        variant,
+        &layout.dims,
+        &block_dims,
+        factors,
+        blocks,
+        &mut touched,
+    ) {
+        Some(out) => layout.assemble(out).reshape(grad.dims()),
+        None => grad.clone(),
+    };
+    let (param, graft, momentum) = finish(
+        options,
+        lr,
+        tensor.clone(),
+        &grad,
+        direction,
+        new.graft.take(),
+        new.momentum.take(),
+    );
+    new.graft = graft;
+    new.momentum = momentum;
+
+    if options.non_finite_gradients == NonFiniteGradients::Skip {
+        keep_factors_if(&non_finite, &mut new.groups, &old.groups, &touched);
+        new.graft = keep_buffer_if(&non_finite, new.graft, &old.graft);
+        new.momentum = keep_buffer_if(&non_finite, new.momentum, &old.momentum);
+        let param = guard::keep_if(&non_finite, param, tensor);
+        return (param, Some(new));
+    }
+    (param, Some(new))
+}
+
+/// Panics unless the learning rate is positive and finite.
+pub(crate) fn check_learning_rate(lr: f64) {
+    assert!(
+        lr.is_finite() && lr > 0.0,
+        "kradagrad-burn: the learning rate must be positive and finite, got {lr}"
+    );
+}
+
+/// What every optimizer does after preconditioning (sections 3 and 6): graft
+/// the direction, add weight decay, apply momentum and take the step. Returns
+/// the new parameter and the new graft and momentum buffers.
+pub(crate) fn finish<B: Backend, const D: usize>(
+    options: &Options,
+    lr: f64,
+    tensor: Tensor<B, D>,
+    grad: &Tensor<B, D>,
+    direction: Tensor<B, D>,
+    graft_buffer: Option<Tensor<B, D>>,
+    momentum_buffer: Option<Tensor<B, D>>,
+) -> (Tensor<B, D>, Option<Tensor<B, D>>, Option<Tensor<B, D>>) {
+    let graft_buffer = accumulate_graft(options.grafting, graft_buffer, grad, options.beta2);
     let mut direction = graft(
         options.grafting,
         direction,
-        &grad,
-        new.graft.as_ref(),
+        grad,
+        graft_buffer.as_ref(),
         options.diagonal_eps,
     );
     let mut param = tensor.clone();
     if options.weight_decay != 0.0 {
         match options.weight_decay_style {
             WeightDecayStyle::L2AfterPreconditioning => {
-                direction = direction + tensor.clone().mul_scalar(options.weight_decay)
+                direction = direction + tensor.mul_scalar(options.weight_decay)
             }
-            WeightDecayStyle::Decoupled => {
-                param = param - tensor.clone().mul_scalar(lr * options.weight_decay)
-            }
+            WeightDecayStyle::Decoupled => param = param - tensor.mul_scalar(lr * options.weight_decay),
         }
     }
     let nesterov = options.nesterov.then_some(options.nesterov_style);
-    let (update, momentum) = apply_momentum(options.momentum, nesterov, new.momentum.take(), direction);
-    new.momentum = momentum;
-    let param = param - update.mul_scalar(lr);
+    let (update, momentum_buffer) = apply_momentum(options.momentum, nesterov, momentum_buffer, direction);
+    (param - update.mul_scalar(lr), graft_buffer, momentum_buffer)
+}
 
-    if options.non_finite_gradients == NonFiniteGradients::Skip {
-        let keep = |new: Tensor<B, 3>, old: &Tensor<B, 3>| guard::keep_if(&non_finite, new, old.clone());
-        let keep_buffer = |new: Option<Tensor<B, D>>, old: &Option<Tensor<B, D>>| {
-            new.map(|n| {
-                let o = old.clone().unwrap_or_else(|| n.zeros_like());
-                guard::keep_if(&non_finite, n, o)
-            })
-        };
-        for (group, old_group) in new.groups.iter_mut().zip(&old.groups) {
-            for (i, (s, o)) in group.statistics.iter_mut().zip(&old_group.statistics).enumerate() {
-                if touched.statistics[i] {
-                    *s = keep(s.clone(), o);
-                }
-            }
-            for (i, (r, o)) in group.roots.iter_mut().zip(&old_group.roots).enumerate() {
-                if touched.roots[i] {
-                    *r = keep(r.clone(), o);
-                }
+/// The non-finite guard on factors: every factor tensor a step wrote (see
+/// [`Touched`]) goes back to its old value where `flag` is set.
+pub(crate) fn keep_factors_if<B: Backend>(
+    flag: &Tensor<B, 1, Bool>,
+    new: &mut [FactorGroup<B>],
+    old: &[FactorGroup<B>],
+    touched: &Touched,
+) {
+    for (group, old_group) in new.iter_mut().zip(old) {
+        for (i, (s, o)) in group.statistics.iter_mut().zip(&old_group.statistics).enumerate() {
+            if touched.statistics[i] {
+                *s = guard::keep_if(flag, s.clone(), o.clone());
             }
         }
-        new.graft = keep_buffer(new.graft, &old.graft);
-        new.momentum = keep_buffer(new.momentum, &old.momentum);
-        let param = guard::keep_if(&non_finite, param, tensor);
-        return (param, Some(new));
+        for (i, (r, o)) in group.roots.iter_mut().zip(&old_group.roots).enumerate() {
+            if touched.roots[i] {
+                *r = guard::keep_if(flag, r.clone(), o.clone());
+            }
+        }
     }
-    (param, Some(new))
+}
+
+/// The non-finite guard on a graft or momentum buffer (a buffer created by
+/// this step falls back to zeros, what it would have started from).
+pub(crate) fn keep_buffer_if<B: Backend, const D: usize>(
+    flag: &Tensor<B, 1, Bool>,
+    new: Option<Tensor<B, D>>,
+    old: &Option<Tensor<B, D>>,
+) -> Option<Tensor<B, D>> {
+    new.map(|n| {
+        let o = old.clone().unwrap_or_else(|| n.zeros_like());
+        guard::keep_if(flag, n, o)
+    })
 }
 
 /// Recomputes the roots of the statistics of the selected dims in every
@@ -206,25 +303,24 @@ pub(crate) fn apply_factors<B: Backend>(
 /// KrADagrad* and Shampoo (sections 3 and 5): every factor of every block is
 /// updated from the raw gradient, roots are refreshed when due, and the
 /// direction is the gradient with every mode preconditioned.
-fn kronecker_precondition<B: Backend, const D: usize>(
+fn kronecker_precondition<B: Backend>(
     options: &Options,
     variant: Variant,
-    layout: &BlockLayout,
-    state: &mut PreconditionerState<B, D>,
-    grad: &Tensor<B, D>,
+    rank: usize,
+    block_dims: &[&[usize]],
+    factors: Factors<'_, B>,
+    blocks: Vec<Tensor<B, 2>>,
     touched: &mut Touched,
-) -> Tensor<B, D> {
-    state.step += 1;
-    let tau = state.step;
-    let k = layout.rank();
-    if k == 0 {
-        return grad.clone();
+) -> Option<Vec<Tensor<B, 2>>> {
+    *factors.step += 1;
+    let tau = *factors.step;
+    if rank == 0 {
+        return None;
     }
-    let blocks = layout.split(grad.clone().reshape([layout.numel()]));
     if tau.is_multiple_of(options.statistics_compute_steps) {
-        for ((group, region), b) in state.groups.iter_mut().zip(&layout.regions).zip(&blocks) {
+        for ((group, dims), b) in factors.groups.iter_mut().zip(block_dims).zip(&blocks) {
             for (i, statistic) in group.statistics.iter_mut().enumerate() {
-                let (s, dims) = (statistic.clone(), &region.block_dims);
+                let s = statistic.clone();
                 *statistic = match variant {
                     Variant::Shampoo => {
                         shampoo::update_statistic(s, mode_gram(b.clone(), dims, i), options.beta2)
@@ -237,20 +333,21 @@ fn kronecker_precondition<B: Backend, const D: usize>(
     }
     if tau.is_multiple_of(options.preconditioning_compute_steps) {
         let spec = match variant {
-            Variant::Shampoo => shampoo::root_spec(k, options),
-            _ => kradagrad_star::root_spec(k),
+            Variant::Shampoo => shampoo::root_spec(rank, options),
+            _ => kradagrad_star::root_spec(rank),
         };
-        refresh_roots(&mut state.groups, |_| true, spec, options);
+        refresh_roots(factors.groups, |_| true, spec, options);
         touched.roots.fill(true);
     }
     if tau < options.start_preconditioning_step {
-        return grad.clone();
+        return None;
     }
-    let preconditioned = blocks
-        .into_iter()
-        .zip(&state.groups)
-        .zip(&layout.regions)
-        .map(|((b, group), region)| apply_factors(b, &group.roots, &region.block_dims, None))
-        .collect();
-    layout.assemble(preconditioned).reshape(grad.dims())
+    Some(
+        blocks
+            .into_iter()
+            .zip(factors.groups.iter())
+            .zip(block_dims)
+            .map(|((b, group), dims)| apply_factors(b, &group.roots, dims, None))
+            .collect(),
+    )
 }

@@ -9,11 +9,10 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::engine::{apply_factors, refresh_roots, Touched, Variant};
-use super::PreconditionerState;
+use super::engine::{apply_factors, refresh_roots, Factors, Touched, Variant};
 use crate::config::{preconditioned_config, Options};
 use crate::krad::{decay_inverse, krad_mm_update_from_blocks};
-use crate::layout::{mode_product, BlockLayout};
+use crate::layout::mode_product;
 use crate::roots::RootSpec;
 
 preconditioned_config! {
@@ -53,63 +52,68 @@ pub fn dim_for_step(t: usize, dims: &[usize]) -> usize {
     }
 }
 
-/// KrADagrad's preconditioned direction for one step (section 4).
-pub(crate) fn precondition<B: Backend, const D: usize>(
+/// KrADagrad's preconditioned blocks for one step (section 4); see
+/// [`precondition_blocks`](super::engine::precondition_blocks) for the
+/// arguments. `dims` (the merged dims) pick the statistic updated this step.
+pub(crate) fn precondition<B: Backend>(
     options: &Options,
-    layout: &BlockLayout,
-    state: &mut PreconditionerState<B, D>,
-    grad: &Tensor<B, D>,
+    dims: &[usize],
+    block_dims: &[&[usize]],
+    factors: Factors<'_, B>,
+    blocks: Vec<Tensor<B, 2>>,
     touched: &mut Touched,
-) -> Tensor<B, D> {
-    let t = state.step;
-    state.step += 1;
-    if layout.rank() == 0 {
-        return grad.clone();
+) -> Option<Vec<Tensor<B, 2>>> {
+    let t = *factors.step;
+    *factors.step += 1;
+    if dims.is_empty() {
+        return None;
     }
-    let blocks = layout.split(grad.clone().reshape([layout.numel()]));
+    let groups = factors.groups;
     // On a statistics step: the dim, and the gradient with every other mode preconditioned.
     let mut partial: Option<(usize, Vec<Tensor<B, 2>>)> = None;
     if t.is_multiple_of(options.statistics_compute_steps) {
-        let i = dim_for_step(t, &layout.dims);
+        let i = dim_for_step(t, dims);
         let tilde: Vec<_> = blocks
             .iter()
-            .zip(&state.groups)
-            .zip(&layout.regions)
-            .map(|((b, group), region)| apply_factors(b.clone(), &group.roots, &region.block_dims, Some(i)))
+            .zip(groups.iter())
+            .zip(block_dims)
+            .map(|((b, group), bd)| apply_factors(b.clone(), &group.roots, bd, Some(i)))
             .collect();
-        for ((group, region), gt) in state.groups.iter_mut().zip(&layout.regions).zip(&tilde) {
+        for ((group, bd), gt) in groups.iter_mut().zip(block_dims).zip(&tilde) {
             let s = decay_inverse(group.statistics[i].clone(), options.beta2);
-            group.statistics[i] =
-                krad_mm_update_from_blocks(s, gt.clone(), &region.block_dims, i, options.matrix_eps);
+            group.statistics[i] = krad_mm_update_from_blocks(s, gt.clone(), bd, i, options.matrix_eps);
         }
-        state.stale_dims[i] = true;
+        factors.stale_dims[i] = true;
         touched.statistics[i] = true;
         partial = Some((i, tilde));
     }
     if t.is_multiple_of(options.preconditioning_compute_steps) {
         // Every block's roots of every stale dim (the reference refreshes only the first block's).
-        let stale = std::mem::replace(&mut state.stale_dims, vec![false; layout.rank()]);
-        refresh_roots(&mut state.groups, |j| stale[j], RootSpec::positive(2), options);
+        let stale = std::mem::replace(factors.stale_dims, vec![false; dims.len()]);
+        refresh_roots(groups, |j| stale[j], RootSpec::positive(2), options);
         touched.roots = stale;
     }
     let preconditioned = t >= options.start_preconditioning_step;
-    let out: Vec<_> = match (partial, preconditioned) {
-        (None, false) => return grad.clone(),
-        (Some((_, tilde)), false) => tilde,
-        (Some((i, tilde)), true) => tilde
-            .into_iter()
-            .zip(&state.groups)
-            .zip(&layout.regions)
-            .map(|((gt, group), region)| mode_product(gt, group.roots[i].clone(), &region.block_dims, i))
-            .collect(),
-        (None, true) => blocks
-            .into_iter()
-            .zip(&state.groups)
-            .zip(&layout.regions)
-            .map(|((b, group), region)| apply_factors(b, &group.roots, &region.block_dims, None))
-            .collect(),
-    };
-    layout.assemble(out).reshape(grad.dims())
+    match (partial, preconditioned) {
+        (None, false) => None,
+        (Some((_, tilde)), false) => Some(tilde),
+        (Some((i, tilde)), true) => Some(
+            tilde
+                .into_iter()
+                .zip(groups.iter())
+                .zip(block_dims)
+                .map(|((gt, group), bd)| mode_product(gt, group.roots[i].clone(), bd, i))
+                .collect(),
+        ),
+        (None, true) => Some(
+            blocks
+                .into_iter()
+                .zip(groups.iter())
+                .zip(block_dims)
+                .map(|((b, group), bd)| apply_factors(b, &group.roots, bd, None))
+                .collect(),
+        ),
+    }
 }
 
 #[cfg(test)]

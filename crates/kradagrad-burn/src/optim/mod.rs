@@ -1,9 +1,11 @@
 //! The three optimizers and the step machinery they share.
 
+mod batched;
 pub(crate) mod engine;
 pub mod kradagrad;
 pub mod kradagrad_star;
 pub mod shampoo;
 mod state;
 
+pub use batched::{BatchedOptimizer, BatchedState, ClassState};
 pub use state::{FactorGroup, PreconditionerState};

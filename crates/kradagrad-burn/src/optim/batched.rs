@@ -1,0 +1,721 @@
+//! A whole-model front end: one Burn [`Optimizer`] that batches the factors of
+//! equal block shape across *all* parameters of a module.
+//!
+//! Burn's [`SimpleOptimizer`](burn::optim::SimpleOptimizer) sees one parameter
+//! per call, so the per-parameter optimizers batch blocks only within a
+//! parameter: an autoencoder with 16 parameters runs 16 sets of statistics
+//! updates, factor products and Newton root iterations a step, each a handful
+//! of small kernels. [`BatchedOptimizer`] visits the whole module first, stacks
+//! the blocks of every parameter that share a block shape (and, for
+//! KrADagrad, the one-factor schedule), and runs one batched statistics
+//! update, one batched product per factor and one batched root computation per
+//! factor size for the model. The arithmetic per block is that of the
+//! per-parameter optimizers (ALGORITHM.md sections 3 to 6), so both give the
+//! same updates to round-off; grafting, weight decay and momentum stay per
+//! parameter. docs/performance.md has the measurements.
+//!
+//! Differences from the per-parameter path: the factors live in the
+//! optimizer's own stacked layout (its [`BatchedState`] record is not
+//! interchangeable with `OptimizerAdaptor`'s); every parameter that has a
+//! gradient must have one at every step (the stacks are fixed at the first
+//! step); all parameters must live on one device; and under
+//! [`NonFiniteGradients::Skip`] a NaN or Inf in any gradient skips the whole
+//! step for every parameter (as mixed-precision loss scaling does), because
+//! the parameters share factor tensors.
+
+use core::marker::PhantomData;
+use std::collections::HashMap;
+
+use burn::grad_clipping::GradientClipping;
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::adaptor::GradAdaptor;
+use burn::optim::{GradientsParams, LearningRate, MultiGradientsParams, Optimizer};
+use burn::record::Record;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, Tensor};
+
+use super::engine::{
+    check_learning_rate, finish, keep_buffer_if, keep_factors_if, precondition_blocks, Factors, Touched,
+    Variant,
+};
+use super::FactorGroup;
+use crate::config::{NonFiniteGradients, Options};
+use crate::guard;
+use crate::layout::BlockLayout;
+use crate::roots::batch_identity;
+
+/// The state of a [`BatchedOptimizer`], also its Burn record.
+///
+/// Factors are stacked across parameters: one [`ClassState`] per schedule
+/// class, holding one [`FactorGroup`] per distinct block shape whose batch axis
+/// runs over the blocks of every member parameter in visit order.
+#[derive(Record, Clone, Debug)]
+pub struct BatchedState<B: Backend> {
+    /// The preconditioned parameters' ids ([`ParamId::val`]) in visit order.
+    pub param_ids: Vec<u64>,
+    /// Their shapes, in the same order.
+    pub shapes: Vec<Vec<usize>>,
+    /// The stacked factors, one entry per schedule class.
+    pub classes: Vec<ClassState<B>>,
+    /// Per parameter (flattened): the graft accumulator, if the grafting has one.
+    pub graft: Vec<Option<Tensor<B, 1>>>,
+    /// Per parameter (flattened): the momentum buffer, if momentum is on.
+    pub momentum: Vec<Option<Tensor<B, 1>>>,
+}
+
+/// The stacked factors of the parameters that share a merged rank (and, for
+/// KrADagrad, the position of the largest merged dim, which fixes the
+/// one-factor schedule).
+#[derive(Record, Clone, Debug)]
+pub struct ClassState<B: Backend> {
+    /// Step counter, as [`PreconditionerState::step`](super::PreconditionerState::step).
+    pub step: usize,
+    /// One factor group per distinct block shape of the class.
+    pub groups: Vec<FactorGroup<B>>,
+    /// KrADagrad only: the dims updated since their roots were last computed.
+    pub stale_dims: Vec<bool>,
+}
+
+impl<B: Backend> BatchedState<B> {
+    /// A state holding nothing: what [`BatchedOptimizer::to_record`] returns
+    /// before the first step.
+    pub fn empty() -> Self {
+        Self {
+            param_ids: vec![],
+            shapes: vec![],
+            classes: vec![],
+            graft: vec![],
+            momentum: vec![],
+        }
+    }
+
+    /// Bytes held by the state's tensors (reads shapes only).
+    pub fn size_bytes(&self) -> usize {
+        fn bytes<B: Backend, const R: usize>(t: &Tensor<B, R>) -> usize {
+            t.shape().num_elements() * t.dtype().size()
+        }
+        let factors: usize = self
+            .classes
+            .iter()
+            .flat_map(|c| &c.groups)
+            .flat_map(|g| g.statistics.iter().chain(&g.roots))
+            .map(bytes)
+            .sum();
+        let buffers: usize = self.graft.iter().chain(&self.momentum).flatten().map(bytes).sum();
+        factors + buffers
+    }
+
+    /// Applies `f3` to every factor tensor and `f1` to every buffer.
+    fn map_tensors<C: Backend>(
+        self,
+        f3: impl Fn(Tensor<B, 3>) -> Tensor<C, 3>,
+        f1: impl Fn(Tensor<B, 1>) -> Tensor<C, 1>,
+    ) -> BatchedState<C> {
+        BatchedState {
+            param_ids: self.param_ids,
+            shapes: self.shapes,
+            classes: self
+                .classes
+                .into_iter()
+                .map(|c| ClassState {
+                    step: c.step,
+                    groups: c
+                        .groups
+                        .into_iter()
+                        .map(|g| FactorGroup {
+                            statistics: g.statistics.into_iter().map(&f3).collect(),
+                            roots: g.roots.into_iter().map(&f3).collect(),
+                        })
+                        .collect(),
+                    stale_dims: c.stale_dims,
+                })
+                .collect(),
+            graft: self.graft.into_iter().map(|b| b.map(&f1)).collect(),
+            momentum: self.momentum.into_iter().map(|b| b.map(&f1)).collect(),
+        }
+    }
+}
+
+/// One block batch of a region of one parameter, inside a stacked group.
+#[derive(Debug, Clone)]
+struct Member {
+    /// Index of the parameter in visit order.
+    param: usize,
+    /// Index of the region in the parameter's layout.
+    region: usize,
+    /// Number of blocks of the region.
+    blocks: usize,
+}
+
+/// The blocks of one shape stacked across the parameters of a class.
+#[derive(Debug, Clone)]
+struct GroupPlan {
+    block_dims: Vec<usize>,
+    members: Vec<Member>,
+}
+
+impl GroupPlan {
+    fn num_blocks(&self) -> usize {
+        self.members.iter().map(|m| m.blocks).sum()
+    }
+}
+
+/// Parameters preconditioned together: same merged rank (and, for KrADagrad,
+/// same schedule).
+#[derive(Debug, Clone)]
+struct ClassPlan {
+    /// The merged dims of the class's first parameter: what KrADagrad's
+    /// schedule reads (rank and position of the largest dim), shared by all.
+    dims: Vec<usize>,
+    groups: Vec<GroupPlan>,
+}
+
+/// How the parameters of a model map onto stacked factors (host-only, rebuilt
+/// from the shapes).
+#[derive(Debug, Clone)]
+struct Plan {
+    layouts: Vec<BlockLayout>,
+    classes: Vec<ClassPlan>,
+}
+
+impl Plan {
+    fn new(shapes: &[Vec<usize>], options: &Options, variant: Variant) -> Self {
+        let layouts: Vec<_> = shapes
+            .iter()
+            .map(|s| BlockLayout::new(s, options.block_size, options.merge_dims))
+            .collect();
+        let mut keys: Vec<(usize, usize)> = vec![];
+        let mut classes: Vec<ClassPlan> = vec![];
+        for (p, layout) in layouts.iter().enumerate() {
+            if layout.rank() == 0 {
+                continue;
+            }
+            // KrADagrad's schedule depends on the rank and the first largest dim.
+            let largest = match variant {
+                Variant::Kradagrad => {
+                    let max = layout.dims.iter().max().copied().unwrap_or(0);
+                    layout.dims.iter().position(|&d| d == max).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            let key = (layout.rank(), largest);
+            let c = match keys.iter().position(|k| *k == key) {
+                Some(c) => c,
+                None => {
+                    keys.push(key);
+                    classes.push(ClassPlan {
+                        dims: layout.dims.clone(),
+                        groups: vec![],
+                    });
+                    classes.len() - 1
+                }
+            };
+            for (r, region) in layout.regions.iter().enumerate() {
+                let member = Member {
+                    param: p,
+                    region: r,
+                    blocks: region.num_blocks(),
+                };
+                let groups = &mut classes[c].groups;
+                match groups.iter_mut().find(|g| g.block_dims == region.block_dims) {
+                    Some(g) => g.members.push(member),
+                    None => groups.push(GroupPlan {
+                        block_dims: region.block_dims.clone(),
+                        members: vec![member],
+                    }),
+                }
+            }
+        }
+        Self { layouts, classes }
+    }
+}
+
+/// One parameter's blocks, one slot per region of its layout (emptied as
+/// they are stacked or assembled).
+type Regions<B> = Vec<Option<Tensor<B, 2>>>;
+
+/// A parameter with a gradient, flattened, as collected at the start of a step.
+struct Entry<B: Backend> {
+    id: ParamId,
+    shape: Vec<usize>,
+    param: Tensor<B, 1>,
+    grad: Tensor<B, 1>,
+}
+
+/// Collects every float parameter that has a gradient, in visit order.
+struct Collector<'a, B: AutodiffBackend> {
+    grads: &'a mut GradAdaptor,
+    clipping: Option<&'a GradientClipping>,
+    entries: Vec<Entry<B::InnerBackend>>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some((grad, device)) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            let grad = match self.clipping {
+                Some(clipping) => clipping.clip_gradient(grad),
+                None => grad,
+            };
+            let tensor = param.val().inner().to_device(&device);
+            let shape = tensor.dims().to_vec();
+            let numel = tensor.shape().num_elements();
+            self.entries.push(Entry {
+                id: param.id,
+                shape,
+                param: tensor.reshape([numel]),
+                grad: grad.reshape([numel]),
+            });
+        }
+    }
+}
+
+/// Writes the updated parameters back into the module.
+struct Writer<B: AutodiffBackend> {
+    updated: HashMap<ParamId, Tensor<B::InnerBackend, 1>>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for Writer<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let tensor = match self.updated.remove(&id) {
+            Some(flat) => {
+                let updated = Tensor::from_inner(flat.reshape(tensor.dims()));
+                if tensor.is_require_grad() {
+                    updated.require_grad()
+                } else {
+                    updated
+                }
+            }
+            None => tensor,
+        };
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// KrADagrad*, KrADagrad or Shampoo for a whole module, with the factors of
+/// all parameters batched by block shape (see the [module docs](self)).
+///
+/// Built by the configs' `init_batched`, used like any Burn [`Optimizer`]:
+///
+/// ```
+/// use burn::backend::{Autodiff, NdArray};
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::optim::{GradientsParams, Optimizer};
+/// use burn::tensor::{Distribution, Tensor};
+/// use kradagrad_burn::KradagradStarConfig;
+///
+/// type B = Autodiff<NdArray<f32>>;
+/// let device = Default::default();
+/// let model: Linear<B> = LinearConfig::new(8, 4).init(&device);
+/// let mut optimizer = KradagradStarConfig::new().init_batched::<B, Linear<B>>();
+/// let x = Tensor::<B, 2>::random([16, 8], Distribution::Normal(0.0, 1.0), &device);
+/// let loss = model.forward(x).square().mean();
+/// let grads = GradientsParams::from_grads(loss.backward(), &model);
+/// let model = optimizer.step(0.1, model, grads);
+/// ```
+pub struct BatchedOptimizer<M, B: AutodiffBackend> {
+    options: Options,
+    variant: Variant,
+    grad_clipping: Option<GradientClipping>,
+    state: Option<BatchedState<B::InnerBackend>>,
+    /// The plan of `state` (rebuilt from its shapes after a record is loaded).
+    plan: Option<Plan>,
+    /// A loaded record still lives on the device it was loaded on.
+    loaded: bool,
+    module: PhantomData<fn() -> M>,
+}
+
+impl<M, B: AutodiffBackend> Clone for BatchedOptimizer<M, B> {
+    fn clone(&self) -> Self {
+        Self {
+            options: self.options.clone(),
+            variant: self.variant,
+            grad_clipping: self.grad_clipping.clone(),
+            state: self.state.clone(),
+            plan: self.plan.clone(),
+            loaded: self.loaded,
+            module: PhantomData,
+        }
+    }
+}
+
+impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
+    /// A fresh optimizer (the configs' `init_batched` validates `options` first).
+    pub(crate) fn new(options: Options, variant: Variant) -> Self {
+        Self {
+            options,
+            variant,
+            grad_clipping: None,
+            state: None,
+            plan: None,
+            loaded: false,
+            module: PhantomData,
+        }
+    }
+
+    /// Clips every gradient before the step, as `OptimizerAdaptor::with_grad_clipping`.
+    pub fn with_grad_clipping(mut self, clipping: GradientClipping) -> Self {
+        self.grad_clipping = Some(clipping);
+        self
+    }
+
+    /// The current state, `None` before the first step.
+    pub fn state(&self) -> Option<&BatchedState<B::InnerBackend>> {
+        self.state.as_ref()
+    }
+
+    /// A fresh state for `entries`: statistics `scale * I` and roots `I`,
+    /// stacked as `plan` says, in the parameters' float type.
+    fn initial_state(
+        &self,
+        entries: &[Entry<B::InnerBackend>],
+        plan: &Plan,
+    ) -> BatchedState<B::InnerBackend> {
+        let (device, dtype) = (entries[0].grad.device(), entries[0].grad.dtype());
+        let scale = self.variant.initial_scale(&self.options);
+        let classes = plan
+            .classes
+            .iter()
+            .map(|class| ClassState {
+                step: 0,
+                groups: class
+                    .groups
+                    .iter()
+                    .map(|group| {
+                        let eyes: Vec<_> = group
+                            .block_dims
+                            .iter()
+                            .map(|&d| {
+                                batch_identity::<B::InnerBackend>(group.num_blocks(), d, &device, dtype)
+                            })
+                            .collect();
+                        FactorGroup {
+                            statistics: eyes.iter().map(|e| e.clone().mul_scalar(scale)).collect(),
+                            roots: eyes,
+                        }
+                    })
+                    .collect(),
+                stale_dims: match self.variant {
+                    Variant::Kradagrad => vec![false; class.dims.len()],
+                    _ => vec![],
+                },
+            })
+            .collect();
+        BatchedState {
+            param_ids: entries.iter().map(|e| e.id.val()).collect(),
+            shapes: entries.iter().map(|e| e.shape.clone()).collect(),
+            classes,
+            graft: vec![None; entries.len()],
+            momentum: vec![None; entries.len()],
+        }
+    }
+
+    /// The state and plan for this step's parameters: fresh at the first
+    /// step, otherwise checked against them (clear panics on a mismatch).
+    fn state_for(&mut self, entries: &[Entry<B::InnerBackend>]) -> (BatchedState<B::InnerBackend>, Plan) {
+        let Some(state) = self.state.take() else {
+            let shapes: Vec<_> = entries.iter().map(|e| e.shape.clone()).collect();
+            let plan = Plan::new(&shapes, &self.options, self.variant);
+            return (self.initial_state(entries, &plan), plan);
+        };
+        let ids: Vec<u64> = entries.iter().map(|e| e.id.val()).collect();
+        let shapes: Vec<_> = entries.iter().map(|e| e.shape.clone()).collect();
+        if state.param_ids != ids || state.shapes != shapes {
+            panic!(
+                "kradagrad-burn: BatchedOptimizer's state holds {} parameters of shapes {:?}, but this \
+                 step has gradients for {} parameters of shapes {:?}. Every parameter with a gradient \
+                 must have one at every step, and a loaded record must come from the same model and \
+                 optimizer; for parameters that skip steps use `init()` (one state per parameter).",
+                state.param_ids.len(),
+                state.shapes,
+                ids.len(),
+                shapes
+            );
+        }
+        let plan = match self.plan.take() {
+            Some(plan) => plan,
+            None => Plan::new(&shapes, &self.options, self.variant),
+        };
+        check_state(&state, &plan, self.variant);
+        let state = if std::mem::take(&mut self.loaded) {
+            let device = entries[0].grad.device();
+            state.map_tensors(|t| t.to_device(&device), |t| t.to_device(&device))
+        } else {
+            state
+        };
+        (state, plan)
+    }
+
+    fn step_common(&mut self, lr: LearningRate, module: M, mut grads: GradAdaptor) -> M
+    where
+        M: AutodiffModule<B>,
+    {
+        check_learning_rate(lr);
+        let mut collector = Collector::<B> {
+            grads: &mut grads,
+            clipping: self.grad_clipping.as_ref(),
+            entries: vec![],
+        };
+        module.visit(&mut collector);
+        let entries = collector.entries;
+        if entries.is_empty() {
+            return module;
+        }
+        let device = entries[0].grad.device();
+        if let Some(other) = entries.iter().find(|e| e.grad.device() != device) {
+            panic!(
+                "kradagrad-burn: BatchedOptimizer needs every parameter on one device; the parameter of \
+                 shape {:?} is on {:?}, the first on {:?}. Use `init()` (one state per parameter) for \
+                 models spread over devices.",
+                other.shape,
+                other.grad.device(),
+                device
+            );
+        }
+        let (old, plan) = self.state_for(&entries);
+        let (state, updated) = self.run(lr, &entries, old, &plan);
+        self.state = Some(state);
+        self.plan = Some(plan);
+        let mut writer = Writer::<B> {
+            updated: entries.iter().map(|e| e.id).zip(updated).collect(),
+        };
+        module.map(&mut writer)
+    }
+
+    /// One step of every parameter: returns the new state and the new
+    /// (flattened) parameters in `entries`' order.
+    fn run(
+        &self,
+        lr: f64,
+        entries: &[Entry<B::InnerBackend>],
+        old: BatchedState<B::InnerBackend>,
+        plan: &Plan,
+    ) -> (BatchedState<B::InnerBackend>, Vec<Tensor<B::InnerBackend, 1>>) {
+        let options = &self.options;
+        let flags: Vec<_> = entries.iter().map(|e| guard::non_finite(&e.grad)).collect();
+        if options.non_finite_gradients == NonFiniteGradients::Panic {
+            for (flag, entry) in flags.iter().zip(entries) {
+                guard::panic_if_set(flag.clone(), &entry.shape);
+            }
+        }
+        let mut new = old.clone();
+
+        // Blocks of every parameter, region by region.
+        let mut blocks: Vec<Regions<B::InnerBackend>> = entries
+            .iter()
+            .zip(&plan.layouts)
+            .map(|(e, layout)| match layout.rank() {
+                0 => vec![],
+                _ => layout.split(e.grad.clone()).into_iter().map(Some).collect(),
+            })
+            .collect();
+        // Preconditioned blocks, same indexing; `None` for a class whose direction is the gradient.
+        let mut out: Vec<Option<Regions<B::InnerBackend>>> = vec![None; entries.len()];
+        let mut touched_by_class = vec![];
+        for (class, class_state) in plan.classes.iter().zip(new.classes.iter_mut()) {
+            let stacked: Vec<_> = class
+                .groups
+                .iter()
+                .map(|group| {
+                    let parts: Vec<_> = group
+                        .members
+                        .iter()
+                        .map(|m| {
+                            blocks[m.param][m.region]
+                                .take()
+                                .expect("each region stacked once")
+                        })
+                        .collect();
+                    match parts.len() {
+                        1 => parts.into_iter().next().expect("one part"),
+                        _ => Tensor::cat(parts, 0),
+                    }
+                })
+                .collect();
+            let block_dims: Vec<&[usize]> = class.groups.iter().map(|g| g.block_dims.as_slice()).collect();
+            let mut touched = Touched::none(class.dims.len());
+            let factors = Factors {
+                step: &mut class_state.step,
+                groups: &mut class_state.groups,
+                stale_dims: &mut class_state.stale_dims,
+            };
+            let result = precondition_blocks(
+                options,
+                self.variant,
+                &class.dims,
+                &block_dims,
+                factors,
+                stacked,
+                &mut touched,
+            );
+            touched_by_class.push(touched);
+            let Some(result) = result else { continue };
+            for (group, preconditioned) in class.groups.iter().zip(result) {
+                let single = group.members.len() == 1;
+                let mut offset = 0;
+                for m in &group.members {
+                    let slot =
+                        out[m.param].get_or_insert_with(|| vec![None; plan.layouts[m.param].regions.len()]);
+                    slot[m.region] = Some(if single {
+                        preconditioned.clone()
+                    } else {
+                        preconditioned.clone().narrow(0, offset, m.blocks)
+                    });
+                    offset += m.blocks;
+                }
+            }
+        }
+
+        // Per parameter: assemble the direction, then graft, weight decay, momentum, update.
+        let mut params = Vec::with_capacity(entries.len());
+        for (p, entry) in entries.iter().enumerate() {
+            let direction = match out[p].take() {
+                Some(regions) => plan.layouts[p].assemble(
+                    regions
+                        .into_iter()
+                        .map(|r| r.expect("every region preconditioned"))
+                        .collect(),
+                ),
+                None => entry.grad.clone(),
+            };
+            let (param, graft, momentum) = finish(
+                options,
+                lr,
+                entry.param.clone(),
+                &entry.grad,
+                direction,
+                new.graft[p].take(),
+                new.momentum[p].take(),
+            );
+            new.graft[p] = graft;
+            new.momentum[p] = momentum;
+            params.push(param);
+        }
+
+        if options.non_finite_gradients == NonFiniteGradients::Skip {
+            // One flag for the model: the parameters share factor tensors.
+            let flag: Tensor<B::InnerBackend, 1, Bool> = Tensor::cat(flags, 0).any();
+            for ((class, old_class), touched) in
+                new.classes.iter_mut().zip(&old.classes).zip(&touched_by_class)
+            {
+                keep_factors_if(&flag, &mut class.groups, &old_class.groups, touched);
+            }
+            for p in 0..entries.len() {
+                new.graft[p] = keep_buffer_if(&flag, new.graft[p].take(), &old.graft[p]);
+                new.momentum[p] = keep_buffer_if(&flag, new.momentum[p].take(), &old.momentum[p]);
+            }
+            params = params
+                .into_iter()
+                .zip(entries)
+                .map(|(param, e)| guard::keep_if(&flag, param, e.param.clone()))
+                .collect();
+        }
+        (new, params)
+    }
+}
+
+/// Panics with a clear message when `state` (e.g. from a checkpoint) does not
+/// have the stacked shapes `plan` expects.
+fn check_state<B: Backend>(state: &BatchedState<B>, plan: &Plan, variant: Variant) {
+    let mismatch = |what: String| -> ! {
+        panic!(
+            "kradagrad-burn: BatchedOptimizer's state does not fit the model's parameters ({what}). \
+             Was it saved with another optimizer or another block_size/merge_dims?"
+        )
+    };
+    if state.classes.len() != plan.classes.len() {
+        mismatch(format!(
+            "{} classes stored, {} expected",
+            state.classes.len(),
+            plan.classes.len()
+        ));
+    }
+    for (class, class_plan) in state.classes.iter().zip(&plan.classes) {
+        if class.groups.len() != class_plan.groups.len() {
+            mismatch(format!(
+                "{} factor groups stored, {} expected",
+                class.groups.len(),
+                class_plan.groups.len()
+            ));
+        }
+        let rank = class_plan.dims.len();
+        if variant == Variant::Kradagrad && class.stale_dims.len() != rank {
+            mismatch(format!(
+                "{} stale-dim flags stored, {rank} expected",
+                class.stale_dims.len()
+            ));
+        }
+        for (group, group_plan) in class.groups.iter().zip(&class_plan.groups) {
+            if group.statistics.len() != rank || group.roots.len() != rank {
+                mismatch(format!(
+                    "factors for rank {} stored, rank {rank} expected",
+                    group.statistics.len()
+                ));
+            }
+            for (i, &d) in group_plan.block_dims.iter().enumerate() {
+                let expected = [group_plan.num_blocks(), d, d];
+                for t in [&group.statistics[i], &group.roots[i]] {
+                    if t.dims() != expected {
+                        mismatch(format!(
+                            "a factor of shape {:?} stored, {expected:?} expected",
+                            t.dims()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let n = state.param_ids.len();
+    if state.graft.len() != n || state.momentum.len() != n {
+        mismatch(format!(
+            "{} graft and {} momentum buffers stored for {n} parameters",
+            state.graft.len(),
+            state.momentum.len()
+        ));
+    }
+    for (p, shape) in state.shapes.iter().enumerate() {
+        let numel: usize = shape.iter().product();
+        for buffer in [&state.graft[p], &state.momentum[p]].into_iter().flatten() {
+            if buffer.dims() != [numel] {
+                mismatch(format!(
+                    "a buffer of {} entries stored for a parameter of shape {shape:?}",
+                    buffer.dims()[0]
+                ));
+            }
+        }
+    }
+}
+
+impl<M, B> Optimizer<M, B> for BatchedOptimizer<M, B>
+where
+    M: AutodiffModule<B>,
+    B: AutodiffBackend,
+{
+    type Record = BatchedState<B>;
+
+    fn step(&mut self, lr: LearningRate, module: M, grads: GradientsParams) -> M {
+        self.step_common(lr, module, grads.into())
+    }
+
+    fn step_multi(&mut self, lr: LearningRate, module: M, grads: MultiGradientsParams) -> M {
+        self.step_common(lr, module, grads.into())
+    }
+
+    fn to_record(&self) -> Self::Record {
+        match &self.state {
+            Some(state) => state.clone().map_tensors(Tensor::from_inner, Tensor::from_inner),
+            None => BatchedState::empty(),
+        }
+    }
+
+    fn load_record(mut self, record: Self::Record) -> Self {
+        if record.param_ids.is_empty() {
+            self.state = None;
+        } else {
+            self.state = Some(record.map_tensors(|t| t.inner(), |t| t.inner()));
+            self.loaded = true;
+        }
+        self.plan = None;
+        self
+    }
+}

@@ -1,0 +1,209 @@
+//! `BatchedOptimizer`, the whole-model front end, on burn-ndarray: the same
+//! updates as the per-parameter optimizers in f64, the non-finite guard,
+//! checkpoints, and clear errors for a state that does not fit. (Its f32
+//! agreement with the per-parameter path also runs on wgpu, in the backend
+//! test suites.)
+
+mod common;
+
+use burn::backend::{Autodiff, NdArray};
+use burn::optim::Optimizer;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use common::{batched_snapshot, module_values, zoo_continue, zoo_grads_with, zoo_model, Zoo};
+use kradagrad_burn::{Grafting, KradagradConfig, KradagradStarConfig, NonFiniteGradients};
+use kradagrad_burn_suite::mlp::{regression_data, train, Mlp};
+
+type B64 = Autodiff<NdArray<f64>>;
+type B32 = Autodiff<NdArray<f32>>;
+
+fn device() -> burn::backend::ndarray::NdArrayDevice {
+    burn::backend::ndarray::NdArrayDevice::Cpu
+}
+
+/// In f64 the two front ends agree to round-off: each block's arithmetic is
+/// the same, only its neighbours in the batch differ.
+#[test]
+fn batched_matches_per_parameter_in_f64() {
+    common::batched_matches_per_parameter::<B64>(&device(), 1e-12);
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// A NaN or Inf in one parameter's gradient skips the step for the whole
+/// model: every parameter and every state tensor stay as they were, and
+/// training goes on afterwards.
+#[test]
+fn a_non_finite_gradient_skips_the_whole_step() {
+    let config = KradagradStarConfig::new()
+        .with_block_size(Some(8))
+        .with_preconditioning_compute_steps(2)
+        .with_grafting(Grafting::Adam);
+    let mut optimizer = config.init_batched::<B32, Zoo<B32>>();
+    let mut model = zoo_continue(zoo_model::<B32>(&device()), &mut optimizer, 0.05, 3);
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let before = (
+            module_values(&model),
+            batched_snapshot(optimizer.state().unwrap()),
+        );
+        let grads = zoo_grads_with(&model, bad);
+        model = optimizer.step(0.05, model, grads);
+        assert_eq!(
+            module_values(&model),
+            before.0,
+            "a parameter moved on a {bad} gradient"
+        );
+        assert_eq!(
+            batched_snapshot(optimizer.state().unwrap()),
+            before.1,
+            "a state tensor changed on a {bad} gradient"
+        );
+    }
+    let before = module_values(&model);
+    let model = zoo_continue(model, &mut optimizer, 0.05, 1);
+    let after = module_values(&model);
+    assert!(after.iter().all(|v| v.is_finite()));
+    assert_ne!(after, before, "training goes on after a skipped step");
+}
+
+/// Under `NonFiniteGradients::Panic` the message names the parameter's shape.
+#[test]
+fn a_non_finite_gradient_can_panic_instead() {
+    let config = KradagradConfig::new().with_non_finite_gradients(NonFiniteGradients::Panic);
+    let mut optimizer = config.init_batched::<B32, Zoo<B32>>();
+    let model = zoo_model::<B32>(&device());
+    let grads = zoo_grads_with(&model, f64::NAN);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        optimizer.step(0.05, model, grads)
+    }));
+    let message = panic_message(
+        outcome
+            .err()
+            .unwrap_or_else(|| panic!("a NaN gradient must panic")),
+    );
+    assert!(message.contains("shape [3, 4, 5] holds NaN or Inf"), "{message}");
+}
+
+fn temp_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("kradagrad-burn-batched-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Saved after 6 steps and loaded into a fresh optimizer, the run continues
+/// bitwise as if uninterrupted; before the first step the record is empty and
+/// loads as a fresh optimizer.
+#[test]
+fn checkpoints_resume_bitwise() {
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let config = KradagradStarConfig::new()
+        .with_preconditioning_compute_steps(4)
+        .with_grafting(Grafting::Adam);
+    let data = regression_data::<B32>(128, 4, 2, 7, &device());
+    let start = Mlp::<B32>::new(&[4, 32, 32, 2], &device());
+    let model = || start.clone();
+    let (_, _, straight) = train(model(), config.init_batched(), &data, 0.05, 12);
+
+    let (half, optimizer, mut resumed) = train(model(), config.init_batched(), &data, 0.05, 6);
+    let path = temp_path("optimizer");
+    recorder.record(optimizer.to_record(), path.clone()).unwrap();
+    let optimizer = config
+        .init_batched::<B32, Mlp<B32>>()
+        .load_record(recorder.load(path, &device()).unwrap());
+    resumed.extend(train(half, optimizer, &data, 0.05, 6).2);
+    assert_eq!(resumed, straight, "a resumed run must be bitwise identical");
+
+    let empty = config.init_batched::<B32, Mlp<B32>>().to_record();
+    assert!(empty.param_ids.is_empty());
+    let (_, _, fresh) = train(model(), config.init_batched().load_record(empty), &data, 0.05, 12);
+    assert_eq!(fresh, straight);
+}
+
+/// A state from another model, or from another block size, is rejected at
+/// the first step with a message that says what does not fit.
+#[test]
+fn a_state_that_does_not_fit_is_a_clear_error() {
+    let data = regression_data::<B32>(64, 4, 2, 7, &device());
+    let (_, optimizer, _) = train(
+        Mlp::<B32>::new(&[4, 32, 32, 2], &device()),
+        KradagradStarConfig::new().init_batched(),
+        &data,
+        0.05,
+        2,
+    );
+    let record = optimizer.to_record();
+
+    // Another model: other parameters.
+    let other_model = Mlp::<B32>::new(&[4, 16, 2], &device());
+    let loaded = KradagradStarConfig::new()
+        .init_batched::<B32, Mlp<B32>>()
+        .load_record(record.clone());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train(other_model, loaded, &data, 0.05, 1)
+    }));
+    let message = panic_message(
+        outcome
+            .err()
+            .unwrap_or_else(|| panic!("another model's state must be rejected")),
+    );
+    assert!(
+        message.contains("BatchedOptimizer's state holds 6 parameters"),
+        "{message}"
+    );
+
+    // The same parameters (same ids, from the record's model), another block size.
+    let (model, _, _) = train(
+        Mlp::<B32>::new(&[4, 32, 32, 2], &device()),
+        KradagradStarConfig::new().init_batched(),
+        &data,
+        0.05,
+        1,
+    );
+    let mut record = record;
+    let mut ids = vec![];
+    struct Ids<'a>(&'a mut Vec<u64>);
+    impl<Bk: burn::tensor::backend::Backend> burn::module::ModuleVisitor<Bk> for Ids<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<Bk, D>>) {
+            self.0.push(param.id.val());
+        }
+    }
+    burn::module::Module::visit(&model, &mut Ids(&mut ids));
+    record.param_ids = ids;
+    let loaded = KradagradStarConfig::new()
+        .with_block_size(Some(4))
+        .init_batched::<B32, Mlp<B32>>()
+        .load_record(record);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train(model, loaded, &data, 0.05, 1)
+    }));
+    let message = panic_message(
+        outcome
+            .err()
+            .expect("a state of another block size must be rejected"),
+    );
+    assert!(
+        message.contains("does not fit the model's parameters"),
+        "{message}"
+    );
+}
+
+/// An invalid config fails at `init_batched`, naming the field.
+#[test]
+fn an_invalid_config_names_the_field() {
+    let outcome = std::panic::catch_unwind(|| {
+        KradagradStarConfig::new()
+            .with_beta2(0.0)
+            .init_batched::<B32, Mlp<B32>>()
+    });
+    let message = panic_message(
+        outcome
+            .err()
+            .unwrap_or_else(|| panic!("beta2 = 0 must be rejected")),
+    );
+    assert!(message.contains("`beta2`"), "{message}");
+}
