@@ -55,7 +55,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use burn_std::benchmark::Benchmark;
 use kradagrad_burn::roots::{newton_iteration_bound, newton_stages};
-use kradagrad_burn::{Grafting, KradagradConfig, KradagradStarConfig, RootMethod, RootSpec, ShampooConfig};
+use kradagrad_burn::{
+    BatchedOptimizer, Grafting, KradagradConfig, KradagradStarConfig, RootMethod, RootSpec, ShampooConfig,
+};
 use kradagrad_burn_suite::mlp::Mlp;
 
 const AUTOENCODER: [usize; 9] = [784, 1000, 500, 250, 30, 250, 500, 1000, 784];
@@ -203,6 +205,12 @@ state_bytes_for!(
     kradagrad_burn::Kradagrad
 );
 
+impl<B: AutodiffBackend, M> StateBytes for BatchedOptimizer<M, B> {
+    fn state_bytes(&self) -> usize {
+        self.state().map_or(0, |state| state.size_bytes())
+    }
+}
+
 /// Group (a): the autoencoder's training step.
 fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Report) {
     B::seed(device, 0);
@@ -271,12 +279,15 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
         ("amortized (stats 10, roots 100)", 10, 100),
     ] {
         macro_rules! row {
-            ($label:expr, $config:expr) => {{
+            ($label:expr, $config:expr) => {
+                row!($label, $config, init)
+            };
+            ($label:expr, $config:expr, $init:ident) => {{
                 let config = $config
                     .with_block_size(Some(250))
                     .with_statistics_compute_steps(stats)
                     .with_preconditioning_compute_steps(roots);
-                let optimizer = Rc::new(RefCell::new(config.init::<B, Mlp<B>>()));
+                let optimizer = Rc::new(RefCell::new(config.$init::<B, Mlp<B>>()));
                 let stepper = optimizer.clone();
                 let time = full_step(
                     &format!("{backend} autoencoder {} {setting}", $label),
@@ -306,6 +317,10 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
             "KrADagrad* (eigh roots)",
             KradagradStarConfig::new().with_root_method(RootMethod::Eigh)
         );
+        // The whole-model front end: factors stacked across parameters by block shape.
+        row!("Shampoo (batched)", ShampooConfig::new(), init_batched);
+        row!("KrADagrad* (batched)", KradagradStarConfig::new(), init_batched);
+        row!("KrADagrad (batched)", KradagradConfig::new(), init_batched);
     }
     // What the root refreshes cost: the same KrADagrad* step with roots never recomputed
     // (first due at step 10^9), statistics every step.
