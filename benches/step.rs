@@ -12,7 +12,11 @@
 //! Knobs (environment): `KRADAGRAD_BENCH_BACKENDS` (`ndarray,wgpu`),
 //! `KRADAGRAD_BENCH_GROUPS` (`autoencoder,quadratic,scaling`),
 //! `KRADAGRAD_BENCH_STEPS` (at least this many timed steps per row, default
-//! 300), `KRADAGRAD_BENCH_OUT` (where `step.md` is written, default
+//! 300), `KRADAGRAD_BENCH_ROWS` (group (a) only: the optimizer rows to run,
+//! matched as whole labels such as `KrADagrad*,KrADagrad* (batched),KrADagrad*
+//! no root refresh`; Adam
+//! and the forward and backward pass always run; default all),
+//! `KRADAGRAD_BENCH_OUT` (where `step.md` is written, default
 //! `target/bench`). On burn-ndarray, `MATMUL_NUM_THREADS=1` keeps
 //! matrixmultiply from threading inside burn-ndarray's per-matrix parallel
 //! loop, which speeds up batched matmuls and slows down single large ones
@@ -69,6 +73,14 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .split(',')
         .map(str::to_string)
         .collect()
+}
+
+/// Whether group (a) runs the row labelled `label` (`KRADAGRAD_BENCH_ROWS`).
+fn row_selected(label: &str) -> bool {
+    match std::env::var("KRADAGRAD_BENCH_ROWS") {
+        Ok(rows) => rows.split(',').any(|r| r.trim() == label),
+        Err(_) => true,
+    }
 }
 
 fn min_steps() -> usize {
@@ -282,7 +294,12 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
             ($label:expr, $config:expr) => {
                 row!($label, $config, init)
             };
-            ($label:expr, $config:expr, $init:ident) => {{
+            ($label:expr, $config:expr, $init:ident) => {
+                if row_selected($label) {
+                    row!(@run $label, $config, $init)
+                }
+            };
+            (@run $label:expr, $config:expr, $init:ident) => {{
                 let config = $config
                     .with_block_size(Some(250))
                     .with_statistics_compute_steps(stats)
@@ -324,6 +341,9 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
     }
     // What the root refreshes cost: the same KrADagrad* step with roots never recomputed
     // (first due at step 10^9), statistics every step.
+    if !row_selected("KrADagrad* no root refresh") {
+        return;
+    }
     let config = KradagradStarConfig::new()
         .with_block_size(Some(250))
         .with_preconditioning_compute_steps(1_000_000_000);

@@ -38,6 +38,7 @@ use super::engine::{
     check_learning_rate, finish, keep_buffer_if, keep_factors_if, precondition_blocks, Factors, Touched,
     Variant,
 };
+use super::state::tensor_bytes;
 use super::FactorGroup;
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
@@ -91,17 +92,19 @@ impl<B: Backend> BatchedState<B> {
 
     /// Bytes held by the state's tensors (reads shapes only).
     pub fn size_bytes(&self) -> usize {
-        fn bytes<B: Backend, const R: usize>(t: &Tensor<B, R>) -> usize {
-            t.shape().num_elements() * t.dtype().size()
-        }
         let factors: usize = self
             .classes
             .iter()
             .flat_map(|c| &c.groups)
-            .flat_map(|g| g.statistics.iter().chain(&g.roots))
-            .map(bytes)
+            .map(FactorGroup::size_bytes)
             .sum();
-        let buffers: usize = self.graft.iter().chain(&self.momentum).flatten().map(bytes).sum();
+        let buffers: usize = self
+            .graft
+            .iter()
+            .chain(&self.momentum)
+            .flatten()
+            .map(tensor_bytes)
+            .sum();
         factors + buffers
     }
 
@@ -646,22 +649,8 @@ fn check_state<B: Backend>(state: &BatchedState<B>, plan: &Plan, variant: Varian
             ));
         }
         for (group, group_plan) in class.groups.iter().zip(&class_plan.groups) {
-            if group.statistics.len() != rank || group.roots.len() != rank {
-                mismatch(format!(
-                    "factors for rank {} stored, rank {rank} expected",
-                    group.statistics.len()
-                ));
-            }
-            for (i, &d) in group_plan.block_dims.iter().enumerate() {
-                let expected = [group_plan.num_blocks(), d, d];
-                for t in [&group.statistics[i], &group.roots[i]] {
-                    if t.dims() != expected {
-                        mismatch(format!(
-                            "a factor of shape {:?} stored, {expected:?} expected",
-                            t.dims()
-                        ));
-                    }
-                }
+            if let Some(what) = group.mismatch(group_plan.num_blocks(), &group_plan.block_dims) {
+                mismatch(what);
             }
         }
     }

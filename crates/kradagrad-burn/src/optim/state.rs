@@ -16,6 +16,42 @@ pub struct FactorGroup<B: Backend> {
     pub roots: Vec<Tensor<B, 3>>,
 }
 
+impl<B: Backend> FactorGroup<B> {
+    /// What does not fit, if the group does not hold one statistic and one
+    /// root of shape `[blocks, d_i, d_i]` per entry `d_i` of `block_dims`.
+    pub(crate) fn mismatch(&self, blocks: usize, block_dims: &[usize]) -> Option<String> {
+        let rank = block_dims.len();
+        if self.statistics.len() != rank || self.roots.len() != rank {
+            return Some(format!(
+                "factors for rank {} stored, rank {rank} expected",
+                self.statistics.len()
+            ));
+        }
+        for (i, &d) in block_dims.iter().enumerate() {
+            let expected = [blocks, d, d];
+            for t in [&self.statistics[i], &self.roots[i]] {
+                if t.dims() != expected {
+                    return Some(format!(
+                        "a factor of shape {:?} stored, {expected:?} expected",
+                        t.dims()
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Bytes held by the statistics and roots (reads shapes only).
+    pub fn size_bytes(&self) -> usize {
+        self.statistics.iter().chain(&self.roots).map(tensor_bytes).sum()
+    }
+}
+
+/// Bytes held by a tensor (reads its shape and dtype only).
+pub(crate) fn tensor_bytes<B: Backend, const R: usize>(t: &Tensor<B, R>) -> usize {
+    t.shape().num_elements() * t.dtype().size()
+}
+
 /// State of one parameter, for all three optimizers.
 #[derive(Record, Clone, Debug)]
 pub struct PreconditionerState<B: Backend, const D: usize> {
@@ -86,24 +122,8 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
             ));
         }
         for (group, region) in self.groups.iter().zip(&layout.regions) {
-            if group.statistics.len() != layout.rank() || group.roots.len() != layout.rank() {
-                mismatch(format!(
-                    "factors for rank {} stored, rank {} expected",
-                    group.statistics.len(),
-                    layout.rank()
-                ));
-            }
-            for (i, &d) in region.block_dims.iter().enumerate() {
-                let expected = [region.num_blocks(), d, d];
-                for t in [&group.statistics[i], &group.roots[i]] {
-                    if t.dims() != expected {
-                        mismatch(format!(
-                            "a factor of shape {:?} stored, {:?} expected",
-                            t.dims(),
-                            expected
-                        ));
-                    }
-                }
+            if let Some(what) = group.mismatch(region.num_blocks(), &region.block_dims) {
+                mismatch(what);
             }
         }
         if stale && self.stale_dims.len() != layout.rank() {
@@ -124,19 +144,11 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
     /// momentum buffers (Adam, for comparison, holds two parameter-sized
     /// buffers). Reads shapes only, no device synchronisation.
     pub fn size_bytes(&self) -> usize {
-        fn bytes<B: Backend, const R: usize>(t: &Tensor<B, R>) -> usize {
-            t.shape().num_elements() * t.dtype().size()
-        }
-        let factors: usize = self
-            .groups
-            .iter()
-            .flat_map(|g| g.statistics.iter().chain(&g.roots))
-            .map(bytes)
-            .sum();
+        let factors: usize = self.groups.iter().map(FactorGroup::size_bytes).sum();
         let buffers: usize = [&self.graft, &self.momentum]
             .into_iter()
             .flatten()
-            .map(bytes)
+            .map(tensor_bytes)
             .sum();
         factors + buffers
     }
