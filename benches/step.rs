@@ -10,7 +10,8 @@
 //! KRADAGRAD_BENCH_BACKENDS=ndarray KRADAGRAD_BENCH_GROUPS=autoencoder cargo bench --bench step
 //! ```
 //! Knobs (environment): `KRADAGRAD_BENCH_BACKENDS` (`ndarray,wgpu`),
-//! `KRADAGRAD_BENCH_GROUPS` (`autoencoder,quadratic,scaling`),
+//! `KRADAGRAD_BENCH_GROUPS` (`autoencoder,quadratic,scaling`; `precision`
+//! and `kernels` run only when named),
 //! `KRADAGRAD_BENCH_STEPS` (at least this many timed steps per row, default
 //! 300), `KRADAGRAD_BENCH_ROWS` (group (a) only: the optimizer rows to run,
 //! matched as whole labels such as `KrADagrad*,KrADagrad* (batched),KrADagrad*
@@ -34,7 +35,10 @@
 //! at block sizes 128, 256 and 512, against the number of batched matmuls of
 //! the same block shape that the step performs, each timed alone; (d)
 //! `precision` (not in the default list): batched Grams in f32, f16 and
-//! bf16 where the backend runs them, with the half types' error.
+//! bf16 where the backend runs them, with the half types' error; (e)
+//! `kernels` (not in the default list; CubeCL backends only): the kernels
+//! one autoencoder step launches, per optimizer and front end, counted from
+//! CubeCL's execution log: the GPU step is bound by that count.
 
 /// burn-ndarray allocates a fresh buffer for the result of every op. glibc's
 /// malloc serves buffers above its mmap threshold with `mmap` and unmaps them
@@ -594,6 +598,104 @@ fn precision<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut
     }
 }
 
+/// Where CubeCL's execution log goes when group (e) runs (set before the
+/// runtime starts, see [`main`]).
+const KERNEL_LOG: &str = "KRADAGRAD_BENCH_KERNEL_LOG";
+
+/// Turns on CubeCL's execution log (one line per kernel run, no timing) at
+/// the file named by `KERNEL_LOG`. Must run before the first CubeCL client
+/// exists: the runtime reads its configuration once.
+#[cfg(feature = "wgpu")]
+fn enable_kernel_log(path: &std::path::Path) {
+    use cubecl_runtime::config::{profiling::ProfilingLogLevel, CubeClRuntimeConfig, RuntimeConfig};
+    let _ = std::fs::remove_file(path);
+    let mut config = CubeClRuntimeConfig::default();
+    config.profiling.logger.level = ProfilingLogLevel::Minimal;
+    config.profiling.logger.file = Some(path.to_path_buf());
+    CubeClRuntimeConfig::set(config);
+}
+
+/// Group (e): kernels a training step of the autoencoder launches on a
+/// CubeCL backend (counted from the execution log, so independent of the
+/// card's speed): Adam's whole step, and for each optimizer and front end a
+/// step that only applies the roots, the extra kernels of a statistics update
+/// and of a root refresh.
+fn kernels<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Report) {
+    let Ok(log) = std::env::var(KERNEL_LOG) else {
+        report.line(format!(
+            "\n(e) kernels skipped on {backend}: not a CubeCL backend"
+        ));
+        return;
+    };
+    // The logger writes from its own task: give it time before counting.
+    let lines = || {
+        let _ = B::sync(device);
+        std::thread::sleep(Duration::from_millis(1500));
+        std::fs::read_to_string(&log).map_or(0, |s| s.lines().count())
+    };
+    let x = Tensor::<B, 2>::random([BATCH, AUTOENCODER[0]], Distribution::Uniform(0.0, 1.0), device);
+    // Kernels per step over `n` steps after `warm` (compilation and autotuning launch their own).
+    let count = |mut step: Box<dyn FnMut(Mlp<B>, GradientsParams) -> Mlp<B> + '_>, warm: usize, n: usize| {
+        B::seed(device, 0);
+        let mut model = Mlp::<B>::new(&AUTOENCODER, device);
+        let mut run = |model: Mlp<B>| {
+            let loss = model.mse(x.clone(), x.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            step(model, grads)
+        };
+        for _ in 0..warm {
+            model = run(model);
+        }
+        let before = lines();
+        for _ in 0..n {
+            model = run(model);
+        }
+        (lines() - before) as f64 / n as f64
+    };
+    let mut adam = AdamConfig::new().init::<B, Mlp<B>>();
+    let adam_kernels = count(Box::new(move |m, g| adam.step(1e-3, m, g)), 2, 2);
+    report.line(format!(
+        "\n### (e) Kernels per autoencoder training step ({backend}), from CubeCL's execution log\n"
+    ));
+    report.line(format!(
+        "Adam's whole step (forward, backward, update): {adam_kernels:.0} kernels.\n"
+    ));
+    report.line("| optimizer | front end | step applying the roots | + statistics update | + root refresh |");
+    report.line("|---|---|---|---|---|");
+    let never = 1_000_000_000;
+    macro_rules! rows {
+        ($label:expr, $config:expr) => {{
+            let config = $config.with_block_size(Some(250));
+            let apply = config
+                .clone()
+                .with_statistics_compute_steps(never)
+                .with_preconditioning_compute_steps(never);
+            let stats = config.clone().with_preconditioning_compute_steps(never);
+            let roots = config.with_preconditioning_compute_steps(1);
+            macro_rules! front {
+                ($init:ident) => {{
+                    let mut o = apply.$init::<B, Mlp<B>>();
+                    let a = count(Box::new(move |m, g| o.step(1e-3, m, g)), 2, 2);
+                    let mut o = stats.$init::<B, Mlp<B>>();
+                    let s = count(Box::new(move |m, g| o.step(1e-3, m, g)), 2, 2);
+                    let mut o = roots.$init::<B, Mlp<B>>();
+                    let r = count(Box::new(move |m, g| o.step(1e-3, m, g)), 1, 1);
+                    (a, s - a, r - s)
+                }};
+            }
+            for (front, (a, s, r)) in [
+                ("per parameter (`init`)", front!(init)),
+                ("batched (`init_batched`)", front!(init_batched)),
+            ] {
+                report.line(format!("| {} | {front} | {a:.0} | {s:.0} | {r:.0} |", $label));
+            }
+        }};
+    }
+    rows!("KrADagrad*", KradagradStarConfig::new());
+    rows!("Shampoo", ShampooConfig::new());
+    rows!("KrADagrad", KradagradConfig::new());
+}
+
 fn run_groups<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Report) {
     let groups = env_list("KRADAGRAD_BENCH_GROUPS", "autoencoder,quadratic,scaling");
     for group in &groups {
@@ -602,6 +704,7 @@ fn run_groups<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mu
             "quadratic" => quadratic::<B>(backend, device, report),
             "scaling" => scaling::<B>(backend, device, report),
             "precision" => precision::<B>(backend, device, report),
+            "kernels" => kernels::<B>(backend, device, report),
             other => panic!("KRADAGRAD_BENCH_GROUPS: unknown group {other}"),
         }
     }
@@ -610,6 +713,17 @@ fn run_groups<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mu
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let mut report = Report::default();
+    // Group (e) counts kernels from CubeCL's execution log, which must be
+    // configured before the runtime starts.
+    #[cfg(feature = "wgpu")]
+    if env_list("KRADAGRAD_BENCH_GROUPS", "")
+        .iter()
+        .any(|g| g == "kernels")
+    {
+        let log = std::env::temp_dir().join(format!("kradagrad-bench-kernels-{}.log", std::process::id()));
+        enable_kernel_log(&log);
+        std::env::set_var(KERNEL_LOG, &log);
+    }
     // burn-ndarray runs a batched matmul's matrices in parallel (rayon) and
     // each matrix through matrixmultiply, itself threaded unless
     // MATMUL_NUM_THREADS=1 (read once, at the first matmul): the setting

@@ -35,9 +35,9 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_default()
 }
 
-/// A NaN or Inf in one parameter's gradient skips the step for the whole
-/// model: every parameter and every state tensor stay as they were, and
-/// training goes on afterwards.
+/// A NaN or Inf in one parameter's gradient, blocked or not, skips the step
+/// for the whole model: every parameter and every state tensor stay as they
+/// were, and training goes on afterwards.
 #[test]
 fn a_non_finite_gradient_skips_the_whole_step() {
     let config = KradagradStarConfig::new()
@@ -46,12 +46,18 @@ fn a_non_finite_gradient_skips_the_whole_step() {
         .with_grafting(Grafting::Adam);
     let mut optimizer = config.init_batched::<B32, Zoo<B32>>();
     let mut model = zoo_continue(zoo_model::<B32>(&device()), &mut optimizer, 0.05, 3);
-    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+    for (bad, unblocked) in [
+        (f64::NAN, false),
+        (f64::INFINITY, false),
+        (f64::NEG_INFINITY, false),
+        (f64::NAN, true),
+        (f64::INFINITY, true),
+    ] {
         let before = (
             module_values(&model),
             batched_snapshot(optimizer.state().unwrap()),
         );
-        let grads = zoo_grads_with(&model, bad);
+        let grads = zoo_grads_with(&model, bad, unblocked);
         model = optimizer.step(0.05, model, grads);
         assert_eq!(
             module_values(&model),
@@ -77,7 +83,7 @@ fn a_non_finite_gradient_can_panic_instead() {
     let config = KradagradConfig::new().with_non_finite_gradients(NonFiniteGradients::Panic);
     let mut optimizer = config.init_batched::<B32, Zoo<B32>>();
     let model = zoo_model::<B32>(&device());
-    let grads = zoo_grads_with(&model, f64::NAN);
+    let grads = zoo_grads_with(&model, f64::NAN, false);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         optimizer.step(0.05, model, grads)
     }));

@@ -783,19 +783,35 @@ pub fn batched_snapshot<B: Backend>(state: &kradagrad_burn::BatchedState<B>) -> 
     factors.chain(buffers).collect()
 }
 
-/// The [`Zoo`]'s gradients with `bad` written into one entry of one parameter.
-pub fn zoo_grads_with<B: AutodiffBackend>(model: &Zoo<B>, bad: f64) -> burn::optim::GradientsParams {
+/// The [`Zoo`]'s gradients with `bad` written into one entry of one
+/// parameter: the rank-3 `cube` (preconditioned in blocks) or, with
+/// `unblocked`, the merged-rank-0 `scalar`.
+pub fn zoo_grads_with<B: AutodiffBackend>(
+    model: &Zoo<B>,
+    bad: f64,
+    unblocked: bool,
+) -> burn::optim::GradientsParams {
+    fn poison<B: AutodiffBackend, const D: usize>(
+        grads: &mut burn::optim::GradientsParams,
+        id: burn::module::ParamId,
+        entry: usize,
+        bad: f64,
+    ) {
+        let g: Tensor<B::InnerBackend, D> = grads.remove(id).unwrap();
+        let mut values = g.to_data().convert::<f64>().to_vec::<f64>().unwrap();
+        values[entry] = bad;
+        let device = g.device();
+        let g = Tensor::<B::InnerBackend, D>::from_data(
+            TensorData::new(values, g.dims()),
+            (&device, float_dtype::<B::InnerBackend>()),
+        );
+        grads.register(id, g);
+    }
     let mut grads = burn::optim::GradientsParams::from_grads(zoo_loss(model).backward(), model);
-    let id = model.cube.id;
-    let g: Tensor<B::InnerBackend, 3> = grads.remove(id).unwrap();
-    let mut values = g.to_data().convert::<f64>().to_vec::<f64>().unwrap();
-    values[7] = bad;
-    let device = g.device();
-    let g = Tensor::<B::InnerBackend, 3>::from_data(
-        TensorData::new(values, g.dims()),
-        (&device, float_dtype::<B::InnerBackend>()),
-    );
-    grads.register(id, g);
+    match unblocked {
+        true => poison::<B, 1>(&mut grads, model.scalar.id, 0, bad),
+        false => poison::<B, 3>(&mut grads, model.cube.id, 7, bad),
+    }
     grads
 }
 

@@ -11,7 +11,22 @@ use burn::tensor::{backend::Backend, Bool, Tensor};
 /// four passes, two of them writing boolean tensors), and, unlike a plain sum
 /// of the entries, it cannot overflow in any precision.
 pub fn non_finite<B: Backend, const D: usize>(grad: &Tensor<B, D>) -> Tensor<B, 1, Bool> {
-    grad.clone().mul_scalar(0.0).sum().is_nan()
+    non_finite_probe(grad.clone()).is_nan()
+}
+
+/// `sum(0 * t)`, a one-element tensor that is NaN exactly when `t` holds a
+/// NaN or an Inf (see [`non_finite`]); probes of several tensors add up to a
+/// probe of all of them, read by [`probes_flag`].
+pub fn non_finite_probe<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
+    t.mul_scalar(0.0).sum()
+}
+
+/// The flag of a set of [`non_finite_probe`]s: set when any tensor probed
+/// holds a NaN or an Inf. Panics on an empty list.
+pub fn probes_flag<B: Backend>(probes: Vec<Tensor<B, 1>>) -> Tensor<B, 1, Bool> {
+    let mut probes = probes.into_iter();
+    let first = probes.next().expect("at least one probe");
+    probes.fold(first, |sum, p| sum + p).is_nan()
 }
 
 /// Returns `old` where `flag` is set and `new` otherwise, without reading the

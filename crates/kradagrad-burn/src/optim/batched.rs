@@ -495,10 +495,21 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         plan: &Plan,
     ) -> (BatchedState<B::InnerBackend>, Vec<Tensor<B::InnerBackend, 1>>) {
         let options = &self.options;
-        let flags: Vec<_> = entries.iter().map(|e| guard::non_finite(&e.grad)).collect();
         if options.non_finite_gradients == NonFiniteGradients::Panic {
-            for (flag, entry) in flags.iter().zip(entries) {
-                guard::panic_if_set(flag.clone(), &entry.shape);
+            for entry in entries {
+                guard::panic_if_set(guard::non_finite(&entry.grad), &entry.shape);
+            }
+        }
+        // Under `Skip`, one flag for the model, summed from the stacked blocks
+        // below and the unblocked (rank 0) gradients: a reduction per stack
+        // rather than per parameter.
+        let skip = options.non_finite_gradients == NonFiniteGradients::Skip;
+        let mut probes: Vec<Tensor<B::InnerBackend, 1>> = vec![];
+        if skip {
+            for (entry, layout) in entries.iter().zip(&plan.layouts) {
+                if layout.rank() == 0 {
+                    probes.push(guard::non_finite_probe(entry.grad.clone()));
+                }
             }
         }
         let mut new = old.clone();
@@ -535,6 +546,9 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                     }
                 })
                 .collect();
+            if skip {
+                probes.extend(stacked.iter().map(|b| guard::non_finite_probe(b.clone())));
+            }
             let block_dims: Vec<&[usize]> = class.groups.iter().map(|g| g.block_dims.as_slice()).collect();
             let mut touched = Touched::none(class.dims.len());
             let factors = Factors {
@@ -595,9 +609,9 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             params.push(param);
         }
 
-        if options.non_finite_gradients == NonFiniteGradients::Skip {
+        if skip {
             // One flag for the model: the parameters share factor tensors.
-            let flag: Tensor<B::InnerBackend, 1, Bool> = Tensor::cat(flags, 0).any();
+            let flag: Tensor<B::InnerBackend, 1, Bool> = guard::probes_flag(probes);
             for ((class, old_class), touched) in
                 new.classes.iter_mut().zip(&old.classes).zip(&touched_by_class)
             {
