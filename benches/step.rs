@@ -13,7 +13,7 @@
 //! `KRADAGRAD_BENCH_GROUPS` (`autoencoder,quadratic,scaling`; `precision`
 //! and `kernels` run only when named),
 //! `KRADAGRAD_BENCH_STEPS` (at least this many timed steps per row, default
-//! 300), `KRADAGRAD_BENCH_ROWS` (group (a) only: the optimizer rows to run,
+//! 300), `KRADAGRAD_BENCH_ROWS` (groups (a) and (e): the optimizer rows to run,
 //! matched as whole labels such as `KrADagrad*,KrADagrad* (batched),KrADagrad*
 //! no root refresh`; Adam
 //! and the forward and backward pass always run; default all),
@@ -691,9 +691,16 @@ fn kernels<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut R
             }
         }};
     }
-    rows!("KrADagrad*", KradagradStarConfig::new());
-    rows!("Shampoo", ShampooConfig::new());
-    rows!("KrADagrad", KradagradConfig::new());
+    for label in ["KrADagrad*", "Shampoo", "KrADagrad"]
+        .into_iter()
+        .filter(|l| row_selected(l))
+    {
+        match label {
+            "KrADagrad*" => rows!(label, KradagradStarConfig::new()),
+            "Shampoo" => rows!(label, ShampooConfig::new()),
+            _ => rows!(label, KradagradConfig::new()),
+        }
+    }
 }
 
 fn run_groups<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Report) {

@@ -25,7 +25,8 @@ run() { # name binary groups steps limit
 }
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(
-  a_wgsl:step-wgsl:autoencoder:300:220
+  a_wgsl:step-wgsl:autoencoder:300:280
+  e_wgsl:step-wgsl:kernels:1:90
   b_wgsl:step-wgsl:quadratic:30:60
   c_wgsl:step-wgsl:scaling:20:120
   a_vk:step-vk:autoencoder:300:200

@@ -1,6 +1,6 @@
 //! The three optimizers and the step machinery they share.
 
-mod batched;
+pub mod batched;
 pub(crate) mod engine;
 pub mod kradagrad;
 pub mod kradagrad_star;
