@@ -754,9 +754,15 @@ pub fn batched_matches_per_parameter<B: AutodiffBackend>(device: &B::Device, tol
             .with_preconditioning_compute_steps(3),
         0.02
     );
+    // f32 Shampoo's inverse root amplifies round-off along eigenvalues near `matrix_eps`
+    // (condition up to 1 / eps), and on wgpu the two front ends round differently (the matmul
+    // kernel depends on the batch size): at the default eps 1e-6 they drifted 3e-2 apart in
+    // 8 steps there, against 1e-12 in f64. A larger eps keeps the comparison about the batching
+    // (on lavapipe then: Shampoo 1.2e-5, KrADagrad* 2.2e-5, KrADagrad 0).
     compare!(
         "shampoo",
         ShampooConfig::new()
+            .with_matrix_eps(1e-2)
             .with_block_size(Some(8))
             .with_preconditioning_compute_steps(3)
             .with_grafting(Grafting::AdaGrad)
