@@ -23,14 +23,17 @@ pub fn try_quietly<T>(probe: impl FnOnce() -> T + std::panic::UnwindSafe) -> Res
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        cause.unwrap_or_else(|| {
-            payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "the runtime panicked".into())
-        })
+        cause.unwrap_or_else(|| panic_text(&*payload).unwrap_or_else(|| "the runtime panicked".into()))
     })
+}
+
+/// The text of a caught panic's payload, if it is a string (as `panic!`
+/// with a message makes it).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
 }
 
 /// Whether a wgpu adapter answers and computes a sum correctly; `Ok` holds its name.

@@ -9,7 +9,9 @@ mod common;
 use burn::backend::{Autodiff, NdArray};
 use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
-use common::{batched_snapshot, module_values, zoo_continue, zoo_grads_with, zoo_model, Zoo};
+use common::{
+    batched_snapshot, module_values, panic_message, temp_path, zoo, zoo_continue, zoo_grads_with, Zoo,
+};
 use kradagrad_burn::{Grafting, KradagradConfig, KradagradStarConfig, NonFiniteGradients};
 use kradagrad_burn_suite::mlp::{regression_data, train, Mlp};
 
@@ -27,14 +29,6 @@ fn batched_matches_per_parameter_in_f64() {
     common::batched_matches_per_parameter::<B64>(&device(), 1e-12);
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
-}
-
 /// A NaN or Inf in one parameter's gradient, blocked or not, skips the step
 /// for the whole model: every parameter and every state tensor stay as they
 /// were, and training goes on afterwards.
@@ -45,7 +39,7 @@ fn a_non_finite_gradient_skips_the_whole_step() {
         .with_preconditioning_compute_steps(2)
         .with_grafting(Grafting::Adam);
     let mut optimizer = config.init_batched::<B32, Zoo<B32>>();
-    let mut model = zoo_continue(zoo_model::<B32>(&device()), &mut optimizer, 0.05, 3);
+    let mut model = zoo_continue(zoo::<B32>(&device()), &mut optimizer, 0.05, 3);
     for (bad, unblocked) in [
         (f64::NAN, false),
         (f64::INFINITY, false),
@@ -82,7 +76,7 @@ fn a_non_finite_gradient_skips_the_whole_step() {
 fn a_non_finite_gradient_can_panic_instead() {
     let config = KradagradConfig::new().with_non_finite_gradients(NonFiniteGradients::Panic);
     let mut optimizer = config.init_batched::<B32, Zoo<B32>>();
-    let model = zoo_model::<B32>(&device());
+    let model = zoo::<B32>(&device());
     let grads = zoo_grads_with(&model, f64::NAN, false);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         optimizer.step(0.05, model, grads)
@@ -93,12 +87,6 @@ fn a_non_finite_gradient_can_panic_instead() {
             .unwrap_or_else(|| panic!("a NaN gradient must panic")),
     );
     assert!(message.contains("shape [3, 4, 5] holds NaN or Inf"), "{message}");
-}
-
-fn temp_path(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("kradagrad-burn-batched-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
 }
 
 /// Saved after 6 steps and loaded into a fresh optimizer, the run continues

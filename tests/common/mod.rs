@@ -280,7 +280,8 @@ pub fn normal<B: Backend, const D: usize>(shape: [usize; D], seed: u64, device: 
     Tensor::from_data(TensorData::new(values, shape), (device, float_dtype::<B>()))
 }
 
-fn zoo<B: Backend>(device: &B::Device) -> Zoo<B> {
+/// A fresh [`Zoo`], the same every time (host-seeded).
+pub fn zoo<B: Backend>(device: &B::Device) -> Zoo<B> {
     Zoo {
         vector: Param::from_tensor(normal([5], 1, device)),
         scalar: Param::from_tensor(normal([1], 2, device)),
@@ -308,13 +309,10 @@ fn zoo_loss<B: Backend>(z: &Zoo<B>) -> Tensor<B, 1> {
 }
 
 fn train_zoo<B: AutodiffBackend>(device: &B::Device, mut optimizer: impl Optimizer<Zoo<B>, B>, lr: f64) {
-    let mut model = zoo::<B>(device);
+    let model = zoo::<B>(device);
     let unused_before = model.unused.val().into_data();
     let first = kradagrad_burn_suite::mlp::scalar(zoo_loss(&model).inner());
-    for _ in 0..30 {
-        let grads = burn::optim::GradientsParams::from_grads(zoo_loss(&model).backward(), &model);
-        model = optimizer.step(lr, model, grads);
-    }
+    let model = zoo_continue(model, &mut optimizer, lr, 30);
     let last = kradagrad_burn_suite::mlp::scalar(zoo_loss(&model).inner());
     assert!(last.is_finite() && last < 0.5 * first, "loss {first} -> {last}");
     assert_eq!(
@@ -489,7 +487,8 @@ pub fn training_losses_fall<B: AutodiffBackend>(device: &B::Device) {
 
 // ---------------------------------------------------------------- checkpoints
 
-fn temp_path(name: &str) -> std::path::PathBuf {
+/// A path in this test process's own temporary folder.
+pub fn temp_path(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("kradagrad-burn-tests-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(name)
@@ -500,6 +499,11 @@ fn relative_gap(a: &[f64], b: &[f64]) -> f64 {
         .zip(b)
         .map(|(x, y)| (x - y).abs() / x.abs().max(1e-12))
         .fold(0.0, f64::max)
+}
+
+/// The text of a caught panic (empty if it was not a string).
+pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    kradagrad_burn_suite::backends::panic_text(&*payload).unwrap_or_default()
 }
 
 /// Stops after 6 steps, saves model and optimizer with a full-precision
@@ -593,12 +597,7 @@ pub fn mismatched_state_after_load<B: AutodiffBackend>(device: &B::Device) {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         train(model, other, &data, 0.05, 1)
     }));
-    let payload = outcome.err().expect("a mismatched state must be rejected");
-    let message = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default();
+    let message = panic_message(outcome.err().expect("a mismatched state must be rejected"));
     assert!(
         message.contains("does not match the parameter of shape [4, 32]"),
         "{message}"
@@ -627,13 +626,8 @@ fn zoo_steps<B: AutodiffBackend, O: Optimizer<Zoo<B>, B>>(
     mut optimizer: O,
     lr: f64,
     steps: usize,
-) -> (Zoo<B>, O) {
-    let mut model = zoo::<B>(device);
-    for _ in 0..steps {
-        let grads = burn::optim::GradientsParams::from_grads(zoo_loss(&model).backward(), &model);
-        model = optimizer.step(lr, model, grads);
-    }
-    (model, optimizer)
+) -> Zoo<B> {
+    zoo_continue(zoo::<B>(device), &mut optimizer, lr, steps)
 }
 
 /// The largest entry-wise gap between two runs, relative to the larger
@@ -715,8 +709,8 @@ pub fn batched_matches_per_parameter<B: AutodiffBackend>(device: &B::Device, tol
     macro_rules! compare {
         ($name:expr, $config:expr, $lr:expr) => {{
             let config = $config;
-            let (a, _) = zoo_steps::<B, _>(device, config.init(), $lr, steps);
-            let (b, _) = zoo_steps::<B, _>(device, config.init_batched(), $lr, steps);
+            let a = zoo_steps::<B, _>(device, config.init(), $lr, steps);
+            let b = zoo_steps::<B, _>(device, config.init_batched(), $lr, steps);
             let gap = max_gap(&module_values(&a), &module_values(&b));
             let a = stack_steps::<B, _>(device, config.init(), $lr, steps);
             let b = stack_steps::<B, _>(device, config.init_batched(), $lr, steps);
@@ -833,9 +827,4 @@ pub fn zoo_continue<B: AutodiffBackend, O: Optimizer<Zoo<B>, B>>(
         model = optimizer.step(lr, model, grads);
     }
     model
-}
-
-/// A fresh [`Zoo`] (public for the batched tests).
-pub fn zoo_model<B: Backend>(device: &B::Device) -> Zoo<B> {
-    zoo(device)
 }

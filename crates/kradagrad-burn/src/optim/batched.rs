@@ -35,15 +35,15 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Tensor};
 
 use super::engine::{
-    check_learning_rate, finish, keep_buffer_if, keep_factors_if, precondition_blocks, Factors, Touched,
-    Variant,
+    check_learning_rate, finish, keep_buffer_if, keep_factors_if, precondition_blocks, stack, unstack,
+    Factors, Touched, Variant,
 };
-use super::state::tensor_bytes;
+use super::kradagrad::largest_dim;
+use super::state::{factors_mismatch, tensor_bytes};
 use super::FactorGroup;
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
 use crate::layout::BlockLayout;
-use crate::roots::batch_identity;
 
 /// The state of a [`BatchedOptimizer`], also its Burn record.
 ///
@@ -122,14 +122,7 @@ impl<B: Backend> BatchedState<B> {
                 .into_iter()
                 .map(|c| ClassState {
                     step: c.step,
-                    groups: c
-                        .groups
-                        .into_iter()
-                        .map(|g| FactorGroup {
-                            statistics: g.statistics.into_iter().map(&f3).collect(),
-                            roots: g.roots.into_iter().map(&f3).collect(),
-                        })
-                        .collect(),
+                    groups: c.groups.into_iter().map(|g| g.map(&f3)).collect(),
                     stale_dims: c.stale_dims,
                 })
                 .collect(),
@@ -195,10 +188,7 @@ impl Plan {
             }
             // KrADagrad's schedule depends on the rank and the first largest dim.
             let largest = match variant {
-                Variant::Kradagrad => {
-                    let max = layout.dims.iter().max().copied().unwrap_or(0);
-                    layout.dims.iter().position(|&d| d == max).unwrap_or(0)
-                }
+                Variant::Kradagrad => largest_dim(&layout.dims),
                 _ => 0,
             };
             let key = (layout.rank(), largest);
@@ -385,17 +375,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                     .groups
                     .iter()
                     .map(|group| {
-                        let eyes: Vec<_> = group
-                            .block_dims
-                            .iter()
-                            .map(|&d| {
-                                batch_identity::<B::InnerBackend>(group.num_blocks(), d, &device, dtype)
-                            })
-                            .collect();
-                        FactorGroup {
-                            statistics: eyes.iter().map(|e| e.clone().mul_scalar(scale)).collect(),
-                            roots: eyes,
-                        }
+                        FactorGroup::initial(group.num_blocks(), &group.block_dims, scale, &device, dtype)
                     })
                     .collect(),
                 stale_dims: match self.variant {
@@ -435,11 +415,16 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                 shapes
             );
         }
+        // A state this optimizer stepped keeps its plan; one loaded from a
+        // record gets a new plan, checked against it once.
         let plan = match self.plan.take() {
             Some(plan) => plan,
-            None => Plan::new(&shapes, &self.options, self.variant),
+            None => {
+                let plan = Plan::new(&shapes, &self.options, self.variant);
+                check_state(&state, &plan, self.variant);
+                plan
+            }
         };
-        check_state(&state, &plan, self.variant);
         let state = if std::mem::take(&mut self.loaded) {
             let device = entries[0].grad.device();
             state.map_tensors(|t| t.to_device(&device), |t| t.to_device(&device))
@@ -531,19 +516,17 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                 .groups
                 .iter()
                 .map(|group| {
-                    let parts: Vec<_> = group
-                        .members
-                        .iter()
-                        .map(|m| {
-                            blocks[m.param][m.region]
-                                .take()
-                                .expect("each region stacked once")
-                        })
-                        .collect();
-                    match parts.len() {
-                        1 => parts.into_iter().next().expect("one part"),
-                        _ => Tensor::cat(parts, 0),
-                    }
+                    stack(
+                        group
+                            .members
+                            .iter()
+                            .map(|m| {
+                                blocks[m.param][m.region]
+                                    .take()
+                                    .expect("each region stacked once")
+                            })
+                            .collect(),
+                    )
                 })
                 .collect();
             if skip {
@@ -568,17 +551,11 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             touched_by_class.push(touched);
             let Some(result) = result else { continue };
             for (group, preconditioned) in class.groups.iter().zip(result) {
-                let single = group.members.len() == 1;
-                let mut offset = 0;
-                for m in &group.members {
+                let counts: Vec<_> = group.members.iter().map(|m| m.blocks).collect();
+                for (m, part) in group.members.iter().zip(unstack(preconditioned, &counts)) {
                     let slot =
                         out[m.param].get_or_insert_with(|| vec![None; plan.layouts[m.param].regions.len()]);
-                    slot[m.region] = Some(if single {
-                        preconditioned.clone()
-                    } else {
-                        preconditioned.clone().narrow(0, offset, m.blocks)
-                    });
-                    offset += m.blocks;
+                    slot[m.region] = Some(part);
                 }
             }
         }
@@ -648,24 +625,14 @@ fn check_state<B: Backend>(state: &BatchedState<B>, plan: &Plan, variant: Varian
         ));
     }
     for (class, class_plan) in state.classes.iter().zip(&plan.classes) {
-        if class.groups.len() != class_plan.groups.len() {
-            mismatch(format!(
-                "{} factor groups stored, {} expected",
-                class.groups.len(),
-                class_plan.groups.len()
-            ));
-        }
-        let rank = class_plan.dims.len();
-        if variant == Variant::Kradagrad && class.stale_dims.len() != rank {
-            mismatch(format!(
-                "{} stale-dim flags stored, {rank} expected",
-                class.stale_dims.len()
-            ));
-        }
-        for (group, group_plan) in class.groups.iter().zip(&class_plan.groups) {
-            if let Some(what) = group.mismatch(group_plan.num_blocks(), &group_plan.block_dims) {
-                mismatch(what);
-            }
+        let expected: Vec<_> = class_plan
+            .groups
+            .iter()
+            .map(|group| (group.num_blocks(), group.block_dims.as_slice()))
+            .collect();
+        let stale_rank = (variant == Variant::Kradagrad).then_some(class_plan.dims.len());
+        if let Some(what) = factors_mismatch(&class.groups, &class.stale_dims, &expected, stale_rank) {
+            mismatch(what);
         }
     }
     let n = state.param_ids.len();

@@ -264,26 +264,50 @@ pub(crate) fn refresh_roots<B: Backend>(
         }
     }
     for members in by_size.into_values() {
-        let stacked = Tensor::cat(
+        let stacked = stack(
             members
                 .iter()
                 .map(|&(g, i)| groups[g].statistics[i].clone())
                 .collect(),
-            0,
         );
         let roots = matrix_root(stacked, spec, options.root_method, options.newton_iterations);
-        let total = roots.dims()[0];
-        let mut offset = 0;
-        for (g, i) in members {
-            let n = groups[g].statistics[i].dims()[0];
-            groups[g].roots[i] = if n == total {
-                roots.clone()
-            } else {
-                roots.clone().narrow(0, offset, n)
-            };
-            offset += n;
+        let counts: Vec<_> = members
+            .iter()
+            .map(|&(g, i)| groups[g].statistics[i].dims()[0])
+            .collect();
+        for ((g, i), root) in members.into_iter().zip(unstack(roots, &counts)) {
+            groups[g].roots[i] = root;
         }
     }
+}
+
+/// Concatenates batches along the batch axis (a single batch is returned as
+/// it is, without a copy).
+pub(crate) fn stack<B: Backend, const R: usize>(parts: Vec<Tensor<B, R>>) -> Tensor<B, R> {
+    match parts.len() {
+        1 => parts.into_iter().next().expect("one part"),
+        _ => Tensor::cat(parts, 0),
+    }
+}
+
+/// Inverse of [`stack`]: the consecutive batches of `counts` entries along
+/// the batch axis (views; the whole tensor when there is one).
+pub(crate) fn unstack<B: Backend, const R: usize>(
+    stacked: Tensor<B, R>,
+    counts: &[usize],
+) -> Vec<Tensor<B, R>> {
+    if counts.len() == 1 {
+        return vec![stacked];
+    }
+    let mut offset = 0;
+    counts
+        .iter()
+        .map(|&n| {
+            let part = stacked.clone().narrow(0, offset, n);
+            offset += n;
+            part
+        })
+        .collect()
 }
 
 /// Applies every factor to every block: mode `i` multiplied by `roots[i]`.

@@ -46,10 +46,15 @@ pub fn dim_for_step(t: usize, dims: &[usize]) -> usize {
     if e < k {
         e
     } else {
-        // First index of the largest dim.
-        let max = *dims.iter().max().expect("rank >= 1");
-        dims.iter().position(|&d| d == max).expect("max exists")
+        largest_dim(dims)
     }
+}
+
+/// The first index of the largest of `dims` (rank `>= 1`): with the rank, all
+/// that [`dim_for_step`] reads of the dims.
+pub(crate) fn largest_dim(dims: &[usize]) -> usize {
+    let max = *dims.iter().max().expect("rank >= 1");
+    dims.iter().position(|&d| d == max).expect("max exists")
 }
 
 /// KrADagrad's preconditioned blocks for one step (section 4); see

@@ -17,6 +17,34 @@ pub struct FactorGroup<B: Backend> {
 }
 
 impl<B: Backend> FactorGroup<B> {
+    /// The factors of `blocks` fresh blocks of shape `block_dims`: statistics
+    /// `scale * I`, roots `I`, in `dtype`.
+    pub(crate) fn initial(
+        blocks: usize,
+        block_dims: &[usize],
+        scale: f64,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Self {
+        let eyes: Vec<_> = block_dims
+            .iter()
+            .map(|&d| batch_identity::<B>(blocks, d, device, dtype))
+            .collect();
+        Self {
+            statistics: eyes.iter().map(|e| e.clone().mul_scalar(scale)).collect(),
+            roots: eyes,
+        }
+    }
+
+    /// Applies `f` to every statistic and root (a move between devices or
+    /// backends).
+    pub(crate) fn map<C: Backend>(self, f: impl Fn(Tensor<B, 3>) -> Tensor<C, 3>) -> FactorGroup<C> {
+        FactorGroup {
+            statistics: self.statistics.into_iter().map(&f).collect(),
+            roots: self.roots.into_iter().map(&f).collect(),
+        }
+    }
+
     /// What does not fit, if the group does not hold one statistic and one
     /// root of shape `[blocks, d_i, d_i]` per entry `d_i` of `block_dims`.
     pub(crate) fn mismatch(&self, blocks: usize, block_dims: &[usize]) -> Option<String> {
@@ -44,6 +72,38 @@ impl<B: Backend> FactorGroup<B> {
     /// Bytes held by the statistics and roots (reads shapes only).
     pub fn size_bytes(&self) -> usize {
         self.statistics.iter().chain(&self.roots).map(tensor_bytes).sum()
+    }
+}
+
+/// What does not fit, if `groups` and `stale_dims` are not the factors of
+/// blocks laid out as `expected` (`(blocks, block_dims)` per group) with
+/// `stale_rank` stale-dim flags (`None`: not checked).
+pub(crate) fn factors_mismatch<B: Backend>(
+    groups: &[FactorGroup<B>],
+    stale_dims: &[bool],
+    expected: &[(usize, &[usize])],
+    stale_rank: Option<usize>,
+) -> Option<String> {
+    if groups.len() != expected.len() {
+        return Some(format!(
+            "{} factor groups stored, {} expected",
+            groups.len(),
+            expected.len()
+        ));
+    }
+    if let Some(what) = groups
+        .iter()
+        .zip(expected)
+        .find_map(|(group, &(blocks, block_dims))| group.mismatch(blocks, block_dims))
+    {
+        return Some(what);
+    }
+    match stale_rank {
+        Some(rank) if stale_dims.len() != rank => Some(format!(
+            "{} stale-dim flags stored, {rank} expected",
+            stale_dims.len()
+        )),
+        _ => None,
     }
 }
 
@@ -81,18 +141,7 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
         let groups = layout
             .regions
             .iter()
-            .map(|region| {
-                let n = region.num_blocks();
-                let eyes: Vec<_> = region
-                    .block_dims
-                    .iter()
-                    .map(|&d| batch_identity::<B>(n, d, device, dtype))
-                    .collect();
-                FactorGroup {
-                    statistics: eyes.iter().map(|e| e.clone().mul_scalar(scale)).collect(),
-                    roots: eyes.into_iter().collect(),
-                }
-            })
+            .map(|region| FactorGroup::initial(region.num_blocks(), &region.block_dims, scale, device, dtype))
             .collect();
         Self {
             step: 0,
@@ -114,24 +163,14 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
                 layout.shape, layout.dims
             )
         };
-        if self.groups.len() != layout.regions.len() {
-            mismatch(format!(
-                "{} factor groups stored, {} expected",
-                self.groups.len(),
-                layout.regions.len()
-            ));
-        }
-        for (group, region) in self.groups.iter().zip(&layout.regions) {
-            if let Some(what) = group.mismatch(region.num_blocks(), &region.block_dims) {
-                mismatch(what);
-            }
-        }
-        if stale && self.stale_dims.len() != layout.rank() {
-            mismatch(format!(
-                "{} stale-dim flags stored, {} expected",
-                self.stale_dims.len(),
-                layout.rank()
-            ));
+        let expected: Vec<_> = layout
+            .regions
+            .iter()
+            .map(|region| (region.num_blocks(), region.block_dims.as_slice()))
+            .collect();
+        let stale_rank = stale.then_some(layout.rank());
+        if let Some(what) = factors_mismatch(&self.groups, &self.stale_dims, &expected, stale_rank) {
+            mismatch(what);
         }
         for buffer in [&self.graft, &self.momentum].into_iter().flatten() {
             if buffer.dims().to_vec() != layout.shape {
@@ -155,16 +194,12 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
 
     /// Moves every tensor to `device`.
     pub fn to_device(self, device: &B::Device) -> Self {
-        let mv3 = |t: Tensor<B, 3>| t.to_device(device);
         Self {
             step: self.step,
             groups: self
                 .groups
                 .into_iter()
-                .map(|g| FactorGroup {
-                    statistics: g.statistics.into_iter().map(mv3).collect(),
-                    roots: g.roots.into_iter().map(mv3).collect(),
-                })
+                .map(|g| g.map(|t| t.to_device(device)))
                 .collect(),
             stale_dims: self.stale_dims,
             graft: self.graft.map(|t| t.to_device(device)),
