@@ -18,7 +18,10 @@ pub fn non_finite<B: Backend, const D: usize>(grad: &Tensor<B, D>) -> Tensor<B, 
 /// NaN or an Inf (see [`non_finite`]); probes of several tensors add up to a
 /// probe of all of them, read by [`probes_flag`].
 pub fn non_finite_probe<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
-    t.mul_scalar(0.0).sum()
+    crate::transforms::as_row(t)
+        .mul_scalar(0.0)
+        .sum_dim(1)
+        .reshape([1])
 }
 
 /// The flag of a set of [`non_finite_probe`]s: set when any tensor probed
@@ -29,15 +32,38 @@ pub fn probes_flag<B: Backend>(probes: Vec<Tensor<B, 1>>) -> Tensor<B, 1, Bool> 
     probes.fold(first, |sum, p| sum + p).is_nan()
 }
 
-/// Returns `old` where `flag` is set and `new` otherwise, without reading the
-/// flag on the host.
-pub fn keep_if<B: Backend, const R: usize>(
-    flag: &Tensor<B, 1, Bool>,
-    new: Tensor<B, R>,
-    old: Tensor<B, R>,
-) -> Tensor<B, R> {
-    let mask = flag.clone().reshape([1; R]).expand(new.dims());
-    new.mask_where(mask, old)
+/// The guard's verdict for one step, applied to every tensor the step wrote:
+/// each goes back to its old value where the flag is set.
+///
+/// Built once per step from the flag; [`Rollback::apply`] then costs one
+/// comparison and one select per tensor, both of which Burn's fusion fuses
+/// with the work that produced the new value (broadcasting the flag with
+/// `expand` would end the fused kernel).
+#[derive(Debug, Clone)]
+pub struct Rollback<B: Backend> {
+    /// `+inf` where the flag is set, `-inf` where it is not (`[1]`).
+    threshold: Tensor<B, 1>,
+}
+
+impl<B: Backend> Rollback<B> {
+    /// The verdict of `flag` (see [`non_finite`], [`probes_flag`]), without
+    /// reading it on the host.
+    pub fn new(flag: Tensor<B, 1, Bool>) -> Self {
+        let threshold =
+            Tensor::<B, 1>::full([1], f64::NEG_INFINITY, &flag.device()).mask_fill(flag, f64::INFINITY);
+        Self { threshold }
+    }
+
+    /// `old` where the flag is set and `new` otherwise.
+    ///
+    /// The per-entry mask is `old < threshold`: true everywhere under `+inf`
+    /// for a finite `old` (the state before this step, which the guard keeps
+    /// finite), false everywhere under `-inf`.
+    pub fn apply<const R: usize>(&self, new: Tensor<B, R>, old: Tensor<B, R>) -> Tensor<B, R> {
+        let threshold = self.threshold.clone().cast(old.dtype()).reshape([1; R]);
+        let mask = old.clone().lower(threshold);
+        new.mask_where(mask, old)
+    }
 }
 
 /// Panics, naming the parameter's shape, when `flag` is set. Reads the flag
@@ -64,6 +90,31 @@ mod tests {
     fn flagged(values: &[f32]) -> bool {
         let grad = Tensor::<NdArray<f32>, 1>::from_floats(values, &Default::default());
         non_finite(&grad).into_data().to_vec::<bool>().unwrap()[0]
+    }
+
+    fn rolled_back(flag: bool, new: &[f32], old: &[f32]) -> Vec<f32> {
+        let device = Default::default();
+        let flag = Tensor::<NdArray<f32>, 1, Bool>::from_data([flag], &device);
+        let new = Tensor::<NdArray<f32>, 2>::from_floats([[new[0], new[1]], [new[2], new[3]]], &device);
+        let old = Tensor::<NdArray<f32>, 2>::from_floats([[old[0], old[1]], [old[2], old[3]]], &device);
+        Rollback::new(flag)
+            .apply(new, old)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn rollback_keeps_the_old_tensor_exactly_when_flagged() {
+        let old = [1.0, -0.0, f32::MAX, -f32::MAX];
+        let new = [f32::NAN, f32::INFINITY, 2.0, f32::NEG_INFINITY];
+        let kept = rolled_back(true, &new, &old);
+        assert_eq!(
+            kept.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            old.map(f32::to_bits)
+        );
+        let stepped = rolled_back(false, &[5.0, -6.0, 7.0, 0.0], &old);
+        assert_eq!(stepped, vec![5.0, -6.0, 7.0, 0.0]);
     }
 
     #[test]

@@ -23,12 +23,20 @@ pub fn symmetrize_scaled<B: Backend>(a: Tensor<B, 3>, c: f64) -> Tensor<B, 3> {
 /// Per-matrix trace of `A B` for symmetric `B`, as a `[n, 1, 1]` tensor
 /// (`trace(A B) = sum(A .* B^T)`, no matmul needed).
 pub fn trace_of_product<B: Backend>(a: Tensor<B, 3>, b_symmetric: Tensor<B, 3>) -> Tensor<B, 3> {
-    (a * b_symmetric).sum_dim(2).sum_dim(1)
+    sum_per_matrix(a * b_symmetric)
+}
+
+/// Per-matrix sum of all entries, as a `[n, 1, 1]` tensor: one reduction
+/// over the flattened matrix (a reshape of the contiguous product), where
+/// summing rows then columns would launch two.
+fn sum_per_matrix<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [n, rows, cols] = a.dims();
+    a.reshape([n, 1, rows * cols]).sum_dim(2)
 }
 
 /// Per-matrix Frobenius norm, as a `[n, 1, 1]` tensor.
 pub fn frobenius_norm<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
-    a.square().sum_dim(2).sum_dim(1).sqrt()
+    sum_per_matrix(a.square()).sqrt()
 }
 
 /// Decays an inverse statistic by `beta2`: `S / beta2` is the inverse of the

@@ -8,7 +8,7 @@
 //! which reproduces the reference implementation's numerics.
 
 use burn::config::Config;
-use burn::tensor::{backend::Backend, Bool, DType, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 
 use crate::krad::{symmetrize, symmetrize_scaled};
 
@@ -266,41 +266,55 @@ fn bounded_newton_root<B: Backend>(
     };
     let tolerance = round_off(&m) * (d as f64).sqrt();
     let mut error = crate::krad::frobenius_norm(m.clone() - identity.clone());
-    let mut frozen: Tensor<B, 3, Bool> = error.clone().lower_equal_elem(tolerance);
+    // The stopping state is kept as float 0/1 flags on `[n, 1, 1]` tensors and
+    // updated with comparisons, `mask_fill` and `mask_where` only: Burn's
+    // fusion fuses those, not boolean `and`/`or`/`not`, so the bookkeeping of
+    // an iteration runs in a few fused kernels instead of one per operation.
+    let mut frozen = error
+        .zeros_like()
+        .mask_fill(error.clone().lower_equal_elem(tolerance), 1.0);
     let mut iterations = error.zeros_like();
     let bound = newton_iteration_bound(p, d, condition, round_off(&m));
     // T is carried unscaled, as p T = (p+1) I - M (one pass instead of three),
     // and its powers of p are divided out in the symmetrisation's factor 1/2
     // (exact for the power-of-two orders the optimizers use).
     let shifted_identity = identity.clone().mul_scalar(pf + 1.0);
+    let zero_matrices = identity.zeros_like();
     for _ in 0..max_iterations.min(bound) {
         let t = shifted_identity.clone() - m.clone();
         let t_pm1 = matrix_power(t.clone(), p - 1);
-        let x_next = if spec.inverse {
-            symmetrize_scaled(x.clone().matmul(t.clone()), 1.0 / pf)
+        // The order below is the one Burn's fusion turns into the fewest
+        // kernels on wgpu: the products first, then M's residual and the
+        // stopping flags, then X's symmetrisation, which fuses with the two
+        // freezing selects.
+        let (x_product, x_scale) = if spec.inverse {
+            (x.clone().matmul(t.clone()), 1.0 / pf)
         } else {
-            symmetrize_scaled(x.clone().matmul(t_pm1.clone()), pf.powi(1 - p as i32))
+            (x.clone().matmul(t_pm1.clone()), pf.powi(1 - p as i32))
         };
-        let m_next = symmetrize_scaled(t_pm1.matmul(t).matmul(m.clone()), pf.powi(-(p as i32)));
+        let m_next = symmetrize_scaled(t_pm1.matmul(t.clone()).matmul(m.clone()), pf.powi(-(p as i32)));
         let error_next = crate::krad::frobenius_norm(m_next.clone() - identity.clone());
         // Freeze a matrix whose residual grows: it is past its round-off floor.
         let diverging = error_next.clone().greater(error.clone().mul_scalar(1.2));
-        frozen = frozen.bool_or(diverging);
-        iterations = iterations + frozen.clone().bool_not().float().cast(error.dtype());
-        let keep = frozen.clone().expand([n, d, d]);
-        x = x_next.mask_where(keep.clone(), x);
-        m = m_next.mask_where(keep, m);
+        frozen = frozen.mask_fill(diverging, 1.0);
+        iterations = iterations - frozen.clone() + 1.0;
+        // The frozen flag per matrix entry, by a broadcasting comparison (an
+        // `expand` would end the fused kernel).
+        let keep_matrix = zero_matrices.clone().lower(frozen.clone());
         // Converged: in the quadratic phase (residual below 0.1) the residual
         // should shrink many times per iteration; once it no longer halves, it
         // sits on the round-off floor and further iterations only add noise.
-        let stalled = error_next
-            .clone()
-            .greater(error.clone().mul_scalar(0.5))
-            .bool_and(error_next.clone().lower_elem(0.1));
-        error = error_next.mask_where(frozen.clone(), error);
+        // `stalled` = (not halving) and (below 0.1), as a masked fill.
+        let not_halving = error_next.clone().greater(error.clone().mul_scalar(0.5));
+        let small = error_next.clone().lower_elem(0.1);
+        error = error_next.mask_where(frozen.clone().greater_elem(0.5), error);
+        let frozen_or_small = frozen.clone().mask_fill(small, 1.0);
         frozen = frozen
-            .bool_or(stalled)
-            .bool_or(error.clone().lower_equal_elem(tolerance));
+            .mask_where(not_halving, frozen_or_small)
+            .mask_fill(error.clone().lower_equal_elem(tolerance), 1.0);
+        let x_next = symmetrize_scaled(x_product, x_scale);
+        x = x_next.mask_where(keep_matrix.clone(), x);
+        m = m_next.mask_where(keep_matrix, m);
     }
     NewtonRoot {
         root: x,

@@ -45,7 +45,23 @@ pub enum WeightDecayStyle {
 
 /// Frobenius norm of a whole tensor, as a one-element tensor on its device.
 pub fn norm<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
-    t.square().sum().sqrt()
+    as_row(t).square().sum_dim(1).sqrt().reshape([1])
+}
+
+/// Sum of all entries, as a one-element tensor.
+pub fn sum_all<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
+    as_row(t).sum_dim(1).reshape([1])
+}
+
+/// The tensor as one row, `[1, numel]` (a view of a contiguous tensor).
+///
+/// Whole-tensor reductions go through this shape: Burn's fusion fuses a sum
+/// along an axis with the element-wise work before it when both have the
+/// same rank, where a whole-tensor `sum`, or a reshape between the two,
+/// launches kernels of their own.
+pub fn as_row<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
+    let numel = t.shape().num_elements();
+    t.reshape([1, numel])
 }
 
 /// Broadcasts a one-element tensor to rank `D` (for elementwise products).

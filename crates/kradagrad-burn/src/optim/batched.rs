@@ -32,7 +32,7 @@ use burn::optim::adaptor::GradAdaptor;
 use burn::optim::{GradientsParams, LearningRate, MultiGradientsParams, Optimizer};
 use burn::record::Record;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::Tensor;
 
 use super::engine::{
     check_learning_rate, finish, keep_buffer_if, keep_factors_if, precondition_blocks, stack, unstack,
@@ -560,6 +560,18 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             }
         }
 
+        // One verdict for the model (the parameters share factor tensors),
+        // known before the per-parameter work so that each parameter's
+        // rollback fuses with the update that produced it.
+        let rollback = skip.then(|| guard::Rollback::new(guard::probes_flag(probes)));
+        if let Some(rollback) = &rollback {
+            for ((class, old_class), touched) in
+                new.classes.iter_mut().zip(&old.classes).zip(&touched_by_class)
+            {
+                keep_factors_if(rollback, &mut class.groups, &old_class.groups, touched);
+            }
+        }
+
         // Per parameter: assemble the direction, then graft, weight decay, momentum, update.
         let mut params = Vec::with_capacity(entries.len());
         for (p, entry) in entries.iter().enumerate() {
@@ -581,28 +593,18 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                 new.graft[p].take(),
                 new.momentum[p].take(),
             );
-            new.graft[p] = graft;
-            new.momentum[p] = momentum;
-            params.push(param);
-        }
-
-        if skip {
-            // One flag for the model: the parameters share factor tensors.
-            let flag: Tensor<B::InnerBackend, 1, Bool> = guard::probes_flag(probes);
-            for ((class, old_class), touched) in
-                new.classes.iter_mut().zip(&old.classes).zip(&touched_by_class)
-            {
-                keep_factors_if(&flag, &mut class.groups, &old_class.groups, touched);
+            match &rollback {
+                Some(rollback) => {
+                    new.graft[p] = keep_buffer_if(rollback, graft, &old.graft[p]);
+                    new.momentum[p] = keep_buffer_if(rollback, momentum, &old.momentum[p]);
+                    params.push(rollback.apply(param, entry.param.clone()));
+                }
+                None => {
+                    new.graft[p] = graft;
+                    new.momentum[p] = momentum;
+                    params.push(param);
+                }
             }
-            for p in 0..entries.len() {
-                new.graft[p] = keep_buffer_if(&flag, new.graft[p].take(), &old.graft[p]);
-                new.momentum[p] = keep_buffer_if(&flag, new.momentum[p].take(), &old.momentum[p]);
-            }
-            params = params
-                .into_iter()
-                .zip(entries)
-                .map(|(param, e)| guard::keep_if(&flag, param, e.param.clone()))
-                .collect();
         }
         (new, params)
     }

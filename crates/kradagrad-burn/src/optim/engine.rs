@@ -2,7 +2,7 @@
 //! then graft, weight decay and momentum (ALGORITHM.md sections 3 to 6), with
 //! the non-finite gradient guard around it all.
 
-use burn::tensor::{backend::Backend, Bool, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 use std::collections::BTreeMap;
 
@@ -159,10 +159,11 @@ pub(crate) fn step<B: Backend, const D: usize>(
     new.momentum = momentum;
 
     if options.non_finite_gradients == NonFiniteGradients::Skip {
-        keep_factors_if(&non_finite, &mut new.groups, &old.groups, &touched);
-        new.graft = keep_buffer_if(&non_finite, new.graft, &old.graft);
-        new.momentum = keep_buffer_if(&non_finite, new.momentum, &old.momentum);
-        let param = guard::keep_if(&non_finite, param, tensor);
+        let rollback = guard::Rollback::new(non_finite);
+        keep_factors_if(&rollback, &mut new.groups, &old.groups, &touched);
+        new.graft = keep_buffer_if(&rollback, new.graft, &old.graft);
+        new.momentum = keep_buffer_if(&rollback, new.momentum, &old.momentum);
+        let param = rollback.apply(param, tensor);
         return (param, Some(new));
     }
     (param, Some(new))
@@ -211,9 +212,9 @@ pub(crate) fn finish<B: Backend, const D: usize>(
 }
 
 /// The non-finite guard on factors: every factor tensor a step wrote (see
-/// [`Touched`]) goes back to its old value where `flag` is set.
+/// [`Touched`]) goes back to its old value under `rollback`.
 pub(crate) fn keep_factors_if<B: Backend>(
-    flag: &Tensor<B, 1, Bool>,
+    rollback: &guard::Rollback<B>,
     new: &mut [FactorGroup<B>],
     old: &[FactorGroup<B>],
     touched: &Touched,
@@ -221,12 +222,12 @@ pub(crate) fn keep_factors_if<B: Backend>(
     for (group, old_group) in new.iter_mut().zip(old) {
         for (i, (s, o)) in group.statistics.iter_mut().zip(&old_group.statistics).enumerate() {
             if touched.statistics[i] {
-                *s = guard::keep_if(flag, s.clone(), o.clone());
+                *s = rollback.apply(s.clone(), o.clone());
             }
         }
         for (i, (r, o)) in group.roots.iter_mut().zip(&old_group.roots).enumerate() {
             if touched.roots[i] {
-                *r = guard::keep_if(flag, r.clone(), o.clone());
+                *r = rollback.apply(r.clone(), o.clone());
             }
         }
     }
@@ -235,13 +236,13 @@ pub(crate) fn keep_factors_if<B: Backend>(
 /// The non-finite guard on a graft or momentum buffer (a buffer created by
 /// this step falls back to zeros, what it would have started from).
 pub(crate) fn keep_buffer_if<B: Backend, const D: usize>(
-    flag: &Tensor<B, 1, Bool>,
+    rollback: &guard::Rollback<B>,
     new: Option<Tensor<B, D>>,
     old: &Option<Tensor<B, D>>,
 ) -> Option<Tensor<B, D>> {
     new.map(|n| {
         let o = old.clone().unwrap_or_else(|| n.zeros_like());
-        guard::keep_if(flag, n, o)
+        rollback.apply(n, o)
     })
 }
 
