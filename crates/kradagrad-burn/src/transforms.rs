@@ -48,11 +48,6 @@ pub fn norm<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
     as_row(t).square().sum_dim(1).sqrt().reshape([1])
 }
 
-/// Sum of all entries, as a one-element tensor.
-pub fn sum_all<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
-    as_row(t).sum_dim(1).reshape([1])
-}
-
 /// The tensor as one row, `[1, numel]` (a view of a contiguous tensor).
 ///
 /// Whole-tensor reductions go through this shape: Burn's fusion fuses a sum

@@ -35,8 +35,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
 use super::engine::{
-    check_learning_rate, finish, keep_buffer_if, keep_factors_if, precondition_blocks, stack, unstack,
-    Factors, Touched, Variant,
+    check_learning_rate, finish, keep_factors_if, precondition_blocks, stack, unstack, Factors, Touched,
+    Variant,
 };
 use super::kradagrad::largest_dim;
 use super::state::{factors_mismatch, tensor_bytes};
@@ -592,19 +592,11 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                 direction,
                 new.graft[p].take(),
                 new.momentum[p].take(),
+                rollback.as_ref(),
             );
-            match &rollback {
-                Some(rollback) => {
-                    new.graft[p] = keep_buffer_if(rollback, graft, &old.graft[p]);
-                    new.momentum[p] = keep_buffer_if(rollback, momentum, &old.momentum[p]);
-                    params.push(rollback.apply(param, entry.param.clone()));
-                }
-                None => {
-                    new.graft[p] = graft;
-                    new.momentum[p] = momentum;
-                    params.push(param);
-                }
-            }
+            new.graft[p] = graft;
+            new.momentum[p] = momentum;
+            params.push(param);
         }
         (new, params)
     }

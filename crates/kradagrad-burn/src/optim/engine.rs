@@ -146,26 +146,23 @@ pub(crate) fn step<B: Backend, const D: usize>(
         Some(out) => layout.assemble(out).reshape(grad.dims()),
         None => grad.clone(),
     };
+    let rollback =
+        (options.non_finite_gradients == NonFiniteGradients::Skip).then(|| guard::Rollback::new(non_finite));
+    if let Some(rollback) = &rollback {
+        keep_factors_if(rollback, &mut new.groups, &old.groups, &touched);
+    }
     let (param, graft, momentum) = finish(
         options,
         lr,
-        tensor.clone(),
+        tensor,
         &grad,
         direction,
         new.graft.take(),
         new.momentum.take(),
+        rollback.as_ref(),
     );
     new.graft = graft;
     new.momentum = momentum;
-
-    if options.non_finite_gradients == NonFiniteGradients::Skip {
-        let rollback = guard::Rollback::new(non_finite);
-        keep_factors_if(&rollback, &mut new.groups, &old.groups, &touched);
-        new.graft = keep_buffer_if(&rollback, new.graft, &old.graft);
-        new.momentum = keep_buffer_if(&rollback, new.momentum, &old.momentum);
-        let param = rollback.apply(param, tensor);
-        return (param, Some(new));
-    }
     (param, Some(new))
 }
 
@@ -179,7 +176,10 @@ pub(crate) fn check_learning_rate(lr: f64) {
 
 /// What every optimizer does after preconditioning (sections 3 and 6): graft
 /// the direction, add weight decay, apply momentum and take the step. Returns
-/// the new parameter and the new graft and momentum buffers.
+/// the new parameter and the new graft and momentum buffers; under
+/// `rollback` (the non-finite guard) each goes back to its value before the
+/// step where the flag is set.
+#[allow(clippy::too_many_arguments)] // The step's inputs, each used once.
 pub(crate) fn finish<B: Backend, const D: usize>(
     options: &Options,
     lr: f64,
@@ -188,7 +188,9 @@ pub(crate) fn finish<B: Backend, const D: usize>(
     direction: Tensor<B, D>,
     graft_buffer: Option<Tensor<B, D>>,
     momentum_buffer: Option<Tensor<B, D>>,
+    rollback: Option<&guard::Rollback<B>>,
 ) -> (Tensor<B, D>, Option<Tensor<B, D>>, Option<Tensor<B, D>>) {
+    let before = rollback.map(|_| (tensor.clone(), graft_buffer.clone(), momentum_buffer.clone()));
     let graft_buffer = accumulate_graft(options.grafting, graft_buffer, grad, options.beta2);
     let mut direction = graft(
         options.grafting,
@@ -208,7 +210,15 @@ pub(crate) fn finish<B: Backend, const D: usize>(
     }
     let nesterov = options.nesterov.then_some(options.nesterov_style);
     let (update, momentum_buffer) = apply_momentum(options.momentum, nesterov, momentum_buffer, direction);
-    (param - update.mul_scalar(lr), graft_buffer, momentum_buffer)
+    let param = param - update.mul_scalar(lr);
+    match rollback.zip(before) {
+        Some((rollback, (old_param, old_graft, old_momentum))) => (
+            rollback.apply(param, old_param),
+            keep_buffer_if(rollback, graft_buffer, &old_graft),
+            keep_buffer_if(rollback, momentum_buffer, &old_momentum),
+        ),
+        None => (param, graft_buffer, momentum_buffer),
+    }
 }
 
 /// The non-finite guard on factors: every factor tensor a step wrote (see
@@ -235,7 +245,7 @@ pub(crate) fn keep_factors_if<B: Backend>(
 
 /// The non-finite guard on a graft or momentum buffer (a buffer created by
 /// this step falls back to zeros, what it would have started from).
-pub(crate) fn keep_buffer_if<B: Backend, const D: usize>(
+fn keep_buffer_if<B: Backend, const D: usize>(
     rollback: &guard::Rollback<B>,
     new: Option<Tensor<B, D>>,
     old: &Option<Tensor<B, D>>,
