@@ -10,7 +10,7 @@
 //! `examples/root_accuracy.rs` prints the full table quoted in docs/algorithm.md.
 
 use burn::backend::NdArray;
-use kradagrad_burn::roots::{matrix_root, RootMethod, RootSpec};
+use kradagrad_burn::roots::{matrix_root, matrix_roots, RootMethod, RootSpec};
 use kradagrad_burn_suite::spd::{
     from_tensor, oracle_root, random_spd, relative_error, root_error, to_tensor,
 };
@@ -120,5 +120,50 @@ fn a_batch_is_rooted_matrix_by_matrix() {
         let got = from_tensor(roots.clone().narrow(0, i, 1));
         let e = relative_error(&got, &oracle_root(m, 4, false));
         assert!(e <= 1e-8, "matrix {i}: {e:e}");
+    }
+}
+
+#[test]
+fn batches_with_shared_stages_get_the_roots_of_separate_runs() {
+    // KrADagrad*'s fourth and square roots of one size share their first
+    // stage (a square root), which `matrix_roots` runs once for both; a
+    // Shampoo inverse root and another size ride along. Each result must be
+    // what `matrix_root` gives the batch alone: in f64 the merged batch
+    // computes the same per-matrix products, so the roots agree to round-off.
+    let device = Default::default();
+    let spd = |d, cond, seed| to_tensor::<NdArray<f64>>(&random_spd(d, cond, seed), &device);
+    let pair = |d, seed| burn::tensor::Tensor::cat(vec![spd(d, 1e3, seed), spd(d, 1e6, seed + 1)], 0);
+    let inputs = vec![
+        (pair(24, 1), RootSpec::positive(4)),
+        (pair(24, 3), RootSpec::positive(2)),
+        (pair(24, 5), RootSpec::inverse(4, 1e-12)),
+        (pair(16, 7), RootSpec::positive(2)),
+        (pair(24, 9), RootSpec::positive(8)),
+    ];
+    let merged = matrix_roots(inputs.clone(), RootMethod::Newton, ITERATIONS);
+    assert_eq!(merged.len(), inputs.len());
+    for (k, ((a, spec), got)) in inputs.into_iter().zip(merged).enumerate() {
+        let alone = matrix_root(a.clone(), spec, RootMethod::Newton, ITERATIONS);
+        assert_eq!(got.dims(), alone.dims());
+        for i in 0..2 {
+            let (g, w) = (
+                from_tensor(got.clone().narrow(0, i, 1)),
+                from_tensor(alone.clone().narrow(0, i, 1)),
+            );
+            let e = relative_error(&g, &w);
+            assert!(e <= 1e-12, "input {k} ({spec:?}), matrix {i}: {e:e}");
+            // And the root is right.
+            let m = from_tensor(a.clone().narrow(0, i, 1));
+            let oracle = oracle_root(
+                &(&m + nalgebra::DMatrix::identity(m.nrows(), m.nrows()) * spec.shift),
+                spec.order,
+                spec.inverse,
+            );
+            let e = relative_error(&g, &oracle);
+            assert!(
+                e <= 1e-8,
+                "input {k} ({spec:?}), matrix {i} against the oracle: {e:e}"
+            );
+        }
     }
 }

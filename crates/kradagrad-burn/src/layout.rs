@@ -187,9 +187,28 @@ impl BlockLayout {
     }
 
     /// Inverse of [`split`](Self::split): puts the regions' blocks back into
-    /// one flattened tensor.
-    pub fn assemble<B: Backend>(&self, regions: Vec<Tensor<B, 2>>) -> Tensor<B, 1> {
+    /// one flattened tensor, as a `[1, numel]` row.
+    ///
+    /// A row because the step's element-wise work after it (grafting,
+    /// momentum, the update) runs on rows, and a layout of one region whose
+    /// blocks are already in row-major order (a single block, or blocks cut
+    /// along the first dim only) is then a single reshape, a view, which
+    /// Burn's fusion reads as an input of that work; a chain of reshapes
+    /// would end the fused kernel.
+    pub fn assemble<B: Backend>(&self, regions: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
         assert_eq!(regions.len(), self.regions.len(), "one tensor per region");
+        let numel = self.numel();
+        let in_order = |region: &Region| {
+            (0..self.rank())
+                .all(|i| region.counts[i] == 1 || region.block_dims[..i].iter().product::<usize>() == 1)
+        };
+        if self.regions.len() == 1 && in_order(&self.regions[0]) {
+            return regions
+                .into_iter()
+                .next()
+                .expect("one region")
+                .reshape([1, numel]);
+        }
         // Undo the blocking of every region.
         let mut flats: Vec<Option<Tensor<B, 1>>> = regions
             .into_iter()
@@ -210,7 +229,7 @@ impl BlockLayout {
                 Some(t)
             })
             .collect();
-        self.join(0, 0, &mut flats)
+        self.join(0, 0, &mut flats).reshape([1, numel])
     }
 
     /// Concatenates the regions whose index starts with the digits chosen so
@@ -306,6 +325,35 @@ fn swap_middle<B: Backend, const R: usize>(t: Tensor<B, R>, [a, b, c, d]: [usize
         (false, true) => t.reshape([a, b, c]).swap_dims(1, 2).reshape([numel]),
         (false, false) => t.reshape([a, b, c, d]).swap_dims(1, 2).reshape([numel]),
     }
+}
+
+/// Concatenates batches along the batch axis (a single batch is returned as
+/// it is, without a copy).
+pub(crate) fn stack<B: Backend, const R: usize>(parts: Vec<Tensor<B, R>>) -> Tensor<B, R> {
+    match parts.len() {
+        1 => parts.into_iter().next().expect("one part"),
+        _ => Tensor::cat(parts, 0),
+    }
+}
+
+/// Inverse of [`stack`]: the consecutive batches of `counts` entries along
+/// the batch axis (views; the whole tensor when there is one).
+pub(crate) fn unstack<B: Backend, const R: usize>(
+    stacked: Tensor<B, R>,
+    counts: &[usize],
+) -> Vec<Tensor<B, R>> {
+    if counts.len() == 1 {
+        return vec![stacked];
+    }
+    let mut offset = 0;
+    counts
+        .iter()
+        .map(|&n| {
+            let part = stacked.clone().narrow(0, offset, n);
+            offset += n;
+            part
+        })
+        .collect()
 }
 
 /// `(pre, d, post)`: the block axes before mode `i`, mode `i`'s size, and the

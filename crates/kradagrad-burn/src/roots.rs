@@ -11,6 +11,7 @@ use burn::config::Config;
 use burn::tensor::{backend::Backend, DType, Tensor};
 
 use crate::krad::{symmetrize, symmetrize_scaled};
+use crate::layout::{stack, unstack};
 
 /// How the optimizers compute matrix roots.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -82,6 +83,25 @@ pub fn matrix_root<B: Backend>(
     }
 }
 
+/// [`matrix_root`] of several batches at once, each with its own spec (the
+/// roots in the inputs' order). With the Newton method the stages that
+/// batches of one size share run once for all of them (see
+/// [`staged_newton_roots`]); the eigendecomposition methods take one batch at
+/// a time.
+pub fn matrix_roots<B: Backend>(
+    inputs: Vec<(Tensor<B, 3>, RootSpec)>,
+    method: RootMethod,
+    max_iterations: usize,
+) -> Vec<Tensor<B, 3>> {
+    match method {
+        RootMethod::Newton => staged_newton_roots(inputs, max_iterations),
+        RootMethod::Eigh | RootMethod::EighF64 => inputs
+            .into_iter()
+            .map(|(a, spec)| eigh_root(a, spec, method == RootMethod::EighF64))
+            .collect(),
+    }
+}
+
 /// A batch of identity matrices `[n, d, d]` of float type `dtype`.
 ///
 /// The dtype is explicit because Burn 0.21 creates tensors in the *device's*
@@ -132,19 +152,10 @@ pub fn staged_newton_root<B: Backend>(
     spec: RootSpec,
     max_iterations: usize,
 ) -> NewtonRoot<B> {
-    let stages = newton_stages(spec, round_off(&a));
-    let last = stages.len() - 1;
     let mut root = a;
     let mut iterations: Option<Tensor<B, 1>> = None;
     let mut residual = None;
-    for (k, (order, condition)) in stages.into_iter().enumerate() {
-        // The shift applies to the input, the inverse and the floor to the last stage.
-        let stage_spec = RootSpec {
-            order,
-            inverse: k == last && spec.inverse,
-            shift: if k == 0 { spec.shift } else { 0.0 },
-            floor: if k == last { spec.floor } else { 0.0 },
-        };
+    for (stage_spec, condition) in stage_specs(spec, round_off(&root)) {
         let stage = bounded_newton_root(root, stage_spec, max_iterations, condition);
         root = stage.root;
         iterations = Some(iterations.map_or(stage.iterations.clone(), |t| t + stage.iterations));
@@ -155,6 +166,82 @@ pub fn staged_newton_root<B: Backend>(
         iterations: iterations.expect("at least one stage"),
         residual: residual.expect("at least one stage"),
     }
+}
+
+/// [`staged_newton_root`] of several batches at once, each with its own
+/// spec (the roots only, in the inputs' order).
+///
+/// A stage that batches of one matrix size and float type share (the same
+/// [`stage_specs`] entry) runs once for all of them, stacked along the batch
+/// axis: KrADagrad*'s fourth roots (two square roots) and its square roots
+/// of one size, for instance, share their first stage. Every matrix still
+/// converges and freezes on its own, so the roots are those of
+/// [`staged_newton_root`] run batch by batch.
+pub fn staged_newton_roots<B: Backend>(
+    inputs: Vec<(Tensor<B, 3>, RootSpec)>,
+    max_iterations: usize,
+) -> Vec<Tensor<B, 3>> {
+    let mut jobs: Vec<StagedJob<B>> = inputs
+        .into_iter()
+        .map(|(a, spec)| StagedJob {
+            stages: stage_specs(spec, round_off(&a)),
+            matrices: a,
+            next: 0,
+        })
+        .collect();
+    while let Some(due) = jobs.iter().find_map(StagedJob::due) {
+        let members: Vec<usize> = (0..jobs.len()).filter(|&j| jobs[j].due() == Some(due)).collect();
+        let counts: Vec<usize> = members.iter().map(|&j| jobs[j].matrices.dims()[0]).collect();
+        let stacked = stack(members.iter().map(|&j| jobs[j].matrices.clone()).collect());
+        let (_, _, (stage_spec, condition)) = due;
+        let roots = bounded_newton_root(stacked, stage_spec, max_iterations, condition).root;
+        for (&j, root) in members.iter().zip(unstack(roots, &counts)) {
+            jobs[j].matrices = root;
+            jobs[j].next += 1;
+        }
+    }
+    jobs.into_iter().map(|job| job.matrices).collect()
+}
+
+/// One input of [`staged_newton_roots`] on its way through its stages.
+struct StagedJob<B: Backend> {
+    /// The input after the stages run so far.
+    matrices: Tensor<B, 3>,
+    /// Its [`stage_specs`].
+    stages: Vec<(RootSpec, f64)>,
+    /// The next stage to run.
+    next: usize,
+}
+
+impl<B: Backend> StagedJob<B> {
+    /// What the next stage batches on (matrix size, float type, stage), or
+    /// `None` when every stage has run.
+    fn due(&self) -> Option<(usize, DType, (RootSpec, f64))> {
+        let stage = *self.stages.get(self.next)?;
+        Some((self.matrices.dims()[1], self.matrices.dtype(), stage))
+    }
+}
+
+/// The Newton iterations [`staged_newton_root`] runs for `spec` on input
+/// stored with unit round-off `round_off`: per stage of [`newton_stages`],
+/// its own spec (the shift applies to the input, the inverse and the floor
+/// to the last stage) and the condition bound of its input.
+pub fn stage_specs(spec: RootSpec, round_off: f64) -> Vec<(RootSpec, f64)> {
+    let stages = newton_stages(spec, round_off);
+    let last = stages.len() - 1;
+    stages
+        .into_iter()
+        .enumerate()
+        .map(|(k, (order, condition))| {
+            let stage_spec = RootSpec {
+                order,
+                inverse: k == last && spec.inverse,
+                shift: if k == 0 { spec.shift } else { 0.0 },
+                floor: if k == last { spec.floor } else { 0.0 },
+            };
+            (stage_spec, condition)
+        })
+        .collect()
 }
 
 /// The stages [`staged_newton_root`] runs for `spec` on input stored with

@@ -59,11 +59,6 @@ pub fn as_row<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
     t.reshape([1, numel])
 }
 
-/// Broadcasts a one-element tensor to rank `D` (for elementwise products).
-pub fn scalar_as<B: Backend, const D: usize>(s: Tensor<B, 1>) -> Tensor<B, D> {
-    s.reshape([1; D])
-}
-
 /// Updates the graft accumulator (AdaGrad: `a += G*G`; Adam: `v = beta2 v + G*G`).
 /// Returns `None` for graftings without one.
 pub fn accumulate_graft<B: Backend, const D: usize>(
@@ -95,40 +90,85 @@ pub fn graft<B: Backend, const D: usize>(
     accumulator: Option<&Tensor<B, D>>,
     diagonal_eps: f64,
 ) -> Tensor<B, D> {
-    let graft_norm = match (grafting, accumulator) {
+    // The sums of squares are `[1, 1]`: on `[1, numel]` rows (as the
+    // optimizers call it) the square roots and the rescaling broadcast at the
+    // reduction's own rank and fuse with the element-wise work around them; a
+    // reshape between a reduction and its consumers ends Burn's fused kernels.
+    let graft_squares = match (grafting, accumulator) {
         (Grafting::None, _) => return direction,
-        (Grafting::SgdNorm, _) => norm(grad.clone()),
-        (_, Some(acc)) => norm(grad.clone() / acc.clone().sqrt().add_scalar(diagonal_eps)),
+        (Grafting::SgdNorm, _) => sum_of_squares(grad.clone()),
+        (_, Some(acc)) => sum_of_squares(grad.clone() / acc.clone().sqrt().add_scalar(diagonal_eps)),
         (_, None) => unreachable!("AdaGrad and Adam grafting always have an accumulator"),
     };
-    let scale = graft_norm / norm(direction.clone()).add_scalar(1e-16);
-    direction * scalar_as(scale)
+    let direction_squares = sum_of_squares(direction.clone());
+    let scale = graft_squares.sqrt() / direction_squares.sqrt().add_scalar(1e-16);
+    direction * scale.reshape([1; D])
+}
+
+/// The sum of the squared entries of a tensor, as a `[1, 1]` tensor.
+fn sum_of_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
+    as_row(t).square().sum_dim(1)
 }
 
 /// Heavy-ball momentum with optional Nesterov (section 6). Returns the update
 /// to subtract (times the learning rate) and the new buffer (`None` when
 /// `momentum == 0`).
+///
+/// The composition of [`decay_momentum`] and [`add_momentum`].
 pub fn apply_momentum<B: Backend, const D: usize>(
     momentum: f64,
     nesterov: Option<NesterovStyle>,
     buffer: Option<Tensor<B, D>>,
     direction: Tensor<B, D>,
 ) -> (Tensor<B, D>, Option<Tensor<B, D>>) {
+    let decayed = decay_momentum(momentum, nesterov, buffer);
+    add_momentum(momentum, nesterov, decayed, direction)
+}
+
+/// The first half of [`apply_momentum`]: the old buffer times its decay
+/// (`mu`, or `mu^2` for [`NesterovStyle::Reference`]); `None` when there is
+/// no buffer yet or `momentum == 0`.
+///
+/// Split off so that a step can issue it before the work that produces the
+/// direction: Burn's fusion then runs it inside the step's last element-wise
+/// kernel rather than in a kernel of its own (docs/performance.md).
+pub fn decay_momentum<B: Backend, const D: usize>(
+    momentum: f64,
+    nesterov: Option<NesterovStyle>,
+    buffer: Option<Tensor<B, D>>,
+) -> Option<Tensor<B, D>> {
+    if momentum == 0.0 {
+        return None;
+    }
+    let factor = match nesterov {
+        Some(NesterovStyle::Reference) => momentum * momentum,
+        _ => momentum,
+    };
+    buffer.map(|m| m.mul_scalar(factor))
+}
+
+/// The second half of [`apply_momentum`], given the [`decay_momentum`] of
+/// the old buffer: the update and the new buffer.
+pub fn add_momentum<B: Backend, const D: usize>(
+    momentum: f64,
+    nesterov: Option<NesterovStyle>,
+    decayed: Option<Tensor<B, D>>,
+    direction: Tensor<B, D>,
+) -> (Tensor<B, D>, Option<Tensor<B, D>>) {
     if momentum == 0.0 {
         return (direction, None);
     }
-    let decayed = |factor: f64| buffer.clone().map(|m| m.mul_scalar(factor));
     match nesterov {
         None => {
-            let m = add_opt(decayed(momentum), direction);
+            let m = add_opt(decayed, direction);
             (m.clone(), Some(m))
         }
         Some(NesterovStyle::Textbook) => {
-            let m = add_opt(decayed(momentum), direction.clone());
+            let m = add_opt(decayed, direction.clone());
             (direction + m.clone().mul_scalar(momentum), Some(m))
         }
         Some(NesterovStyle::Reference) => {
-            let m = add_opt(decayed(momentum * momentum), direction.mul_scalar(1.0 + momentum));
+            let m = add_opt(decayed, direction.mul_scalar(1.0 + momentum));
             (m.clone(), Some(m))
         }
     }

@@ -35,15 +35,16 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
 use super::engine::{
-    check_learning_rate, finish, keep_factors_if, precondition_blocks, stack, unstack, Factors, Touched,
-    Variant,
+    check_learning_rate, finish, keep_factors_if, precondition, refresh_roots, update_statistics, Factors,
+    Touched, Variant,
 };
 use super::kradagrad::largest_dim;
 use super::state::{factors_mismatch, tensor_bytes};
 use super::FactorGroup;
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
-use crate::layout::BlockLayout;
+use crate::layout::{stack, unstack, BlockLayout};
+use crate::transforms::as_row;
 
 /// The state of a [`BatchedOptimizer`], also its Burn record.
 ///
@@ -508,9 +509,9 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                 _ => layout.split(e.grad.clone()).into_iter().map(Some).collect(),
             })
             .collect();
-        // Preconditioned blocks, same indexing; `None` for a class whose direction is the gradient.
-        let mut out: Vec<Option<Regions<B::InnerBackend>>> = vec![None; entries.len()];
+        // Phase one, class by class: the statistics (see `engine::StepPlan`).
         let mut touched_by_class = vec![];
+        let mut steps = vec![];
         for (class, class_state) in plan.classes.iter().zip(new.classes.iter_mut()) {
             let stacked: Vec<_> = class
                 .groups
@@ -539,17 +540,38 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                 groups: &mut class_state.groups,
                 stale_dims: &mut class_state.stale_dims,
             };
-            let result = precondition_blocks(
+            let step = update_statistics(
                 options,
                 self.variant,
                 &class.dims,
                 &block_dims,
                 factors,
-                stacked,
+                &stacked,
                 &mut touched,
             );
             touched_by_class.push(touched);
-            let Some(result) = result else { continue };
+            steps.push((step, stacked));
+        }
+        // Phase two: every root due in the model, with the Newton stages that
+        // classes share for one matrix size run once.
+        let requests: Vec<_> = new
+            .classes
+            .iter_mut()
+            .zip(&steps)
+            .filter_map(|(class, (step, _))| step.refresh.as_ref().map(|r| (&mut class.groups[..], r)))
+            .collect();
+        if !requests.is_empty() {
+            refresh_roots(requests, options);
+        }
+        // Phase three: the preconditioned blocks, back to their parameters
+        // (same indexing as `blocks`; `None` for a class whose direction is
+        // the gradient).
+        let mut out: Vec<Option<Regions<B::InnerBackend>>> = vec![None; entries.len()];
+        for ((class, class_state), (step, stacked)) in plan.classes.iter().zip(&new.classes).zip(steps) {
+            let block_dims: Vec<&[usize]> = class.groups.iter().map(|g| g.block_dims.as_slice()).collect();
+            let Some(result) = precondition(step, &class_state.groups, &block_dims, stacked) else {
+                continue;
+            };
             for (group, preconditioned) in class.groups.iter().zip(result) {
                 let counts: Vec<_> = group.members.iter().map(|m| m.blocks).collect();
                 for (m, part) in group.members.iter().zip(unstack(preconditioned, &counts)) {
@@ -582,7 +604,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                         .map(|r| r.expect("every region preconditioned"))
                         .collect(),
                 ),
-                None => entry.grad.clone(),
+                None => as_row(entry.grad.clone()),
             };
             let (param, graft, momentum) = finish(
                 options,

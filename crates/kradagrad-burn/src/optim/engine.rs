@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use super::{kradagrad, kradagrad_star, shampoo, FactorGroup, PreconditionerState};
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
-use crate::layout::{mode_gram, mode_product, BlockLayout};
-use crate::roots::{matrix_root, RootSpec};
-use crate::transforms::{accumulate_graft, apply_momentum, graft, WeightDecayStyle};
+use crate::layout::{mode_gram, mode_product, stack, unstack, BlockLayout};
+use crate::roots::{matrix_roots, RootSpec};
+use crate::transforms::{accumulate_graft, add_momentum, as_row, decay_momentum, graft, WeightDecayStyle};
 
 /// Which optimizer a step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,25 +69,100 @@ pub(crate) struct Factors<'a, B: Backend> {
     pub stale_dims: &'a mut Vec<bool>,
 }
 
-/// Preconditions blocks with the factors they own (sections 3 to 5):
-/// `blocks[g]` is the `[blocks, block_numel]` batch of `factors.groups[g]`, of
-/// block shape `block_dims[g]`; `dims` are the merged dims KrADagrad's
-/// schedule reads (every block shares them, or at least their rank and the
-/// position of their largest entry). Updates statistics and roots when due and
-/// returns the preconditioned blocks, or `None` when the direction is the raw
-/// gradient (rank 0, or before `start_preconditioning_step`).
-pub(crate) fn precondition_blocks<B: Backend>(
+/// A preconditioner's step runs in three phases, so that a whole-model
+/// front end can merge the root computations of all its preconditioners:
+/// [`update_statistics`] (the statistics and the step counter), then
+/// [`refresh_roots`] with the roots due, then [`precondition`] for the
+/// direction. This is what the first phase leaves for the other two.
+pub(crate) struct StepPlan<B: Backend> {
+    /// The roots due this step, if any.
+    pub refresh: Option<RootRefresh>,
+    direction: Direction<B>,
+}
+
+/// The roots a step recomputes: those of the selected dims, in every group.
+#[derive(Debug, Clone)]
+pub(crate) struct RootRefresh {
+    /// `dims[i]`: the roots of dim `i` are due.
+    pub dims: Vec<bool>,
+    /// The root of the statistics that gives them.
+    pub spec: RootSpec,
+}
+
+/// How a step forms its direction from the blocks and the (refreshed) roots.
+enum Direction<B: Backend> {
+    /// The raw gradient (rank 0, or before `start_preconditioning_step`).
+    Gradient,
+    /// Every mode of every block multiplied by its root.
+    Full,
+    /// KrADagrad's statistics step: the blocks with every mode but `dim`
+    /// preconditioned (computed with the roots before the refresh), and,
+    /// once preconditioning has started, mode `dim` multiplied last.
+    Partial {
+        dim: usize,
+        blocks: Vec<Tensor<B, 2>>,
+        finish: bool,
+    },
+}
+
+/// Phase one of a step (sections 3 to 5): advances the step counter and
+/// updates the statistics when due. `blocks[g]` is the `[blocks,
+/// block_numel]` batch of `factors.groups[g]`, of block shape
+/// `block_dims[g]`; `dims` are the merged dims KrADagrad's schedule reads
+/// (every block shares them, or at least their rank and the position of
+/// their largest entry).
+pub(crate) fn update_statistics<B: Backend>(
     options: &Options,
     variant: Variant,
     dims: &[usize],
     block_dims: &[&[usize]],
     factors: Factors<'_, B>,
-    blocks: Vec<Tensor<B, 2>>,
+    blocks: &[Tensor<B, 2>],
     touched: &mut Touched,
-) -> Option<Vec<Tensor<B, 2>>> {
+) -> StepPlan<B> {
     match variant {
-        Variant::Kradagrad => kradagrad::precondition(options, dims, block_dims, factors, blocks, touched),
-        _ => kronecker_precondition(options, variant, dims.len(), block_dims, factors, blocks, touched),
+        Variant::Kradagrad => {
+            kradagrad::update_statistics(options, dims, block_dims, factors, blocks, touched)
+        }
+        _ => kronecker_update(options, variant, dims.len(), block_dims, factors, blocks, touched),
+    }
+}
+
+/// Phase three of a step: the preconditioned blocks, or `None` when the
+/// direction is the raw gradient.
+pub(crate) fn precondition<B: Backend>(
+    plan: StepPlan<B>,
+    groups: &[FactorGroup<B>],
+    block_dims: &[&[usize]],
+    blocks: Vec<Tensor<B, 2>>,
+) -> Option<Vec<Tensor<B, 2>>> {
+    match plan.direction {
+        Direction::Gradient => None,
+        Direction::Full => Some(
+            blocks
+                .into_iter()
+                .zip(groups)
+                .zip(block_dims)
+                .map(|((b, group), bd)| apply_factors(b, &group.roots, bd, None))
+                .collect(),
+        ),
+        Direction::Partial {
+            blocks: partial,
+            finish: false,
+            ..
+        } => Some(partial),
+        Direction::Partial {
+            dim,
+            blocks: partial,
+            finish: true,
+        } => Some(
+            partial
+                .into_iter()
+                .zip(groups)
+                .zip(block_dims)
+                .map(|((b, group), bd)| mode_product(b, group.roots[dim].clone(), bd, dim))
+                .collect(),
+        ),
     }
 }
 
@@ -134,17 +209,21 @@ pub(crate) fn step<B: Backend, const D: usize>(
         groups: &mut new.groups,
         stale_dims: &mut new.stale_dims,
     };
-    let direction = match precondition_blocks(
+    let plan = update_statistics(
         options,
         variant,
         &layout.dims,
         &block_dims,
         factors,
-        blocks,
+        &blocks,
         &mut touched,
-    ) {
-        Some(out) => layout.assemble(out).reshape(grad.dims()),
-        None => grad.clone(),
+    );
+    if let Some(refresh) = &plan.refresh {
+        refresh_roots(vec![(&mut new.groups[..], refresh)], options);
+    }
+    let direction = match precondition(plan, &new.groups, &block_dims, blocks) {
+        Some(out) => layout.assemble(out),
+        None => as_row(grad.clone()),
     };
     let rollback =
         (options.non_finite_gradients == NonFiniteGradients::Skip).then(|| guard::Rollback::new(non_finite));
@@ -175,27 +254,63 @@ pub(crate) fn check_learning_rate(lr: f64) {
 }
 
 /// What every optimizer does after preconditioning (sections 3 and 6): graft
-/// the direction, add weight decay, apply momentum and take the step. Returns
-/// the new parameter and the new graft and momentum buffers; under
-/// `rollback` (the non-finite guard) each goes back to its value before the
-/// step where the flag is set.
+/// the direction (given as a `[1, numel]` row, see
+/// [`BlockLayout::assemble`]), add weight decay, apply momentum and take the
+/// step. Returns the new parameter and the new graft and momentum buffers;
+/// under `rollback` (the non-finite guard) each goes back to its value before
+/// the step where the flag is set.
+///
+/// The work runs on `[1, numel]` rows, so that the per-tensor norms of the
+/// grafting and the element-wise update share one rank and Burn's fusion
+/// fuses them (reshapes happen only on the way in and out).
 #[allow(clippy::too_many_arguments)] // The step's inputs, each used once.
 pub(crate) fn finish<B: Backend, const D: usize>(
     options: &Options,
     lr: f64,
     tensor: Tensor<B, D>,
     grad: &Tensor<B, D>,
-    direction: Tensor<B, D>,
+    direction: Tensor<B, 2>,
     graft_buffer: Option<Tensor<B, D>>,
     momentum_buffer: Option<Tensor<B, D>>,
     rollback: Option<&guard::Rollback<B>>,
 ) -> (Tensor<B, D>, Option<Tensor<B, D>>, Option<Tensor<B, D>>) {
+    let dims = tensor.dims();
+    let (param, graft_buffer, momentum_buffer) = finish_rows(
+        options,
+        lr,
+        as_row(tensor),
+        as_row(grad.clone()),
+        direction,
+        graft_buffer.map(as_row),
+        momentum_buffer.map(as_row),
+        rollback,
+    );
+    let back = |t: Tensor<B, 2>| t.reshape(dims);
+    (back(param), graft_buffer.map(back), momentum_buffer.map(back))
+}
+
+/// [`finish`] on rows.
+#[allow(clippy::too_many_arguments)] // As `finish`.
+fn finish_rows<B: Backend>(
+    options: &Options,
+    lr: f64,
+    tensor: Tensor<B, 2>,
+    grad: Tensor<B, 2>,
+    direction: Tensor<B, 2>,
+    graft_buffer: Option<Tensor<B, 2>>,
+    momentum_buffer: Option<Tensor<B, 2>>,
+    rollback: Option<&guard::Rollback<B>>,
+) -> (Tensor<B, 2>, Option<Tensor<B, 2>>, Option<Tensor<B, 2>>) {
     let before = rollback.map(|_| (tensor.clone(), graft_buffer.clone(), momentum_buffer.clone()));
-    let graft_buffer = accumulate_graft(options.grafting, graft_buffer, grad, options.beta2);
+    let nesterov = options.nesterov.then_some(options.nesterov_style);
+    // The momentum's decay first: issued after the grafting's norms, it would
+    // run in a kernel of its own (see `decay_momentum`).
+    let decayed = decay_momentum(options.momentum, nesterov, momentum_buffer);
+    let graft_buffer = accumulate_graft(options.grafting, graft_buffer, &grad, options.beta2);
     let mut direction = graft(
         options.grafting,
         direction,
-        grad,
+        &grad,
         graft_buffer.as_ref(),
         options.diagonal_eps,
     );
@@ -208,8 +323,7 @@ pub(crate) fn finish<B: Backend, const D: usize>(
             WeightDecayStyle::Decoupled => param = param - tensor.mul_scalar(lr * options.weight_decay),
         }
     }
-    let nesterov = options.nesterov.then_some(options.nesterov_style);
-    let (update, momentum_buffer) = apply_momentum(options.momentum, nesterov, momentum_buffer, direction);
+    let (update, momentum_buffer) = add_momentum(options.momentum, nesterov, decayed, direction);
     let param = param - update.mul_scalar(lr);
     match rollback.zip(before) {
         Some((rollback, (old_param, old_graft, old_momentum))) => (
@@ -256,32 +370,43 @@ fn keep_buffer_if<B: Backend, const D: usize>(
     })
 }
 
-/// Recomputes the roots of the statistics of the selected dims in every
-/// group, with one batched root computation per distinct factor size: the
-/// statistics of all regions and dims that share a size are stacked along the
-/// batch axis (every matrix still converges and freezes on its own).
+/// Phase two of a step: recomputes the roots each request asks for, in its
+/// groups (a preconditioner's own, or a schedule class's stacked ones).
+///
+/// The statistics of one request that share a size are stacked along the
+/// batch axis, and [`matrix_roots`] merges the Newton stages that stacks of
+/// one size share across requests (every matrix still converges and freezes
+/// on its own).
 pub(crate) fn refresh_roots<B: Backend>(
-    groups: &mut [FactorGroup<B>],
-    selected: impl Fn(usize) -> bool,
-    spec: RootSpec,
+    mut requests: Vec<(&mut [FactorGroup<B>], &RootRefresh)>,
     options: &Options,
 ) {
-    let mut by_size: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
-    for (g, group) in groups.iter().enumerate() {
-        for (i, statistic) in group.statistics.iter().enumerate() {
-            if selected(i) {
-                by_size.entry(statistic.dims()[1]).or_default().push((g, i));
+    let mut inputs = vec![];
+    // Per input: its request and the (group, dim) of each stacked statistic.
+    let mut owners: Vec<(usize, Vec<(usize, usize)>)> = vec![];
+    for (r, (groups, refresh)) in requests.iter().enumerate() {
+        let mut by_size: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
+        for (g, group) in groups.iter().enumerate() {
+            for (i, statistic) in group.statistics.iter().enumerate() {
+                if refresh.dims[i] {
+                    by_size.entry(statistic.dims()[1]).or_default().push((g, i));
+                }
             }
         }
+        for members in by_size.into_values() {
+            let stacked = stack(
+                members
+                    .iter()
+                    .map(|&(g, i)| groups[g].statistics[i].clone())
+                    .collect(),
+            );
+            inputs.push((stacked, refresh.spec));
+            owners.push((r, members));
+        }
     }
-    for members in by_size.into_values() {
-        let stacked = stack(
-            members
-                .iter()
-                .map(|&(g, i)| groups[g].statistics[i].clone())
-                .collect(),
-        );
-        let roots = matrix_root(stacked, spec, options.root_method, options.newton_iterations);
+    let roots = matrix_roots(inputs, options.root_method, options.newton_iterations);
+    for ((r, members), roots) in owners.into_iter().zip(roots) {
+        let groups = &mut *requests[r].0;
         let counts: Vec<_> = members
             .iter()
             .map(|&(g, i)| groups[g].statistics[i].dims()[0])
@@ -290,35 +415,6 @@ pub(crate) fn refresh_roots<B: Backend>(
             groups[g].roots[i] = root;
         }
     }
-}
-
-/// Concatenates batches along the batch axis (a single batch is returned as
-/// it is, without a copy).
-pub(crate) fn stack<B: Backend, const R: usize>(parts: Vec<Tensor<B, R>>) -> Tensor<B, R> {
-    match parts.len() {
-        1 => parts.into_iter().next().expect("one part"),
-        _ => Tensor::cat(parts, 0),
-    }
-}
-
-/// Inverse of [`stack`]: the consecutive batches of `counts` entries along
-/// the batch axis (views; the whole tensor when there is one).
-pub(crate) fn unstack<B: Backend, const R: usize>(
-    stacked: Tensor<B, R>,
-    counts: &[usize],
-) -> Vec<Tensor<B, R>> {
-    if counts.len() == 1 {
-        return vec![stacked];
-    }
-    let mut offset = 0;
-    counts
-        .iter()
-        .map(|&n| {
-            let part = stacked.clone().narrow(0, offset, n);
-            offset += n;
-            part
-        })
-        .collect()
 }
 
 /// Applies every factor to every block: mode `i` multiplied by `roots[i]`.
@@ -335,25 +431,26 @@ pub(crate) fn apply_factors<B: Backend>(
         .fold(blocks, |b, (i, p)| mode_product(b, p.clone(), block_dims, i))
 }
 
-/// KrADagrad* and Shampoo (sections 3 and 5): every factor of every block is
-/// updated from the raw gradient, roots are refreshed when due, and the
-/// direction is the gradient with every mode preconditioned.
-fn kronecker_precondition<B: Backend>(
+/// Phase one for KrADagrad* and Shampoo (sections 3 and 5): every factor of
+/// every block is updated from the raw gradient, all roots are due every
+/// `preconditioning_compute_steps`, and the direction is the gradient with
+/// every mode preconditioned.
+fn kronecker_update<B: Backend>(
     options: &Options,
     variant: Variant,
     rank: usize,
     block_dims: &[&[usize]],
     factors: Factors<'_, B>,
-    blocks: Vec<Tensor<B, 2>>,
+    blocks: &[Tensor<B, 2>],
     touched: &mut Touched,
-) -> Option<Vec<Tensor<B, 2>>> {
+) -> StepPlan<B> {
     *factors.step += 1;
     let tau = *factors.step;
     if rank == 0 {
-        return None;
+        return StepPlan::gradient();
     }
     if tau.is_multiple_of(options.statistics_compute_steps) {
-        for ((group, dims), b) in factors.groups.iter_mut().zip(block_dims).zip(&blocks) {
+        for ((group, dims), b) in factors.groups.iter_mut().zip(block_dims).zip(blocks) {
             for (i, statistic) in group.statistics.iter_mut().enumerate() {
                 let s = statistic.clone();
                 *statistic = match variant {
@@ -366,23 +463,47 @@ fn kronecker_precondition<B: Backend>(
         }
         touched.statistics.fill(true);
     }
-    if tau.is_multiple_of(options.preconditioning_compute_steps) {
-        let spec = match variant {
-            Variant::Shampoo => shampoo::root_spec(rank, options),
-            _ => kradagrad_star::root_spec(rank),
+    let refresh = tau
+        .is_multiple_of(options.preconditioning_compute_steps)
+        .then(|| {
+            touched.roots.fill(true);
+            RootRefresh {
+                dims: vec![true; rank],
+                spec: match variant {
+                    Variant::Shampoo => shampoo::root_spec(rank, options),
+                    _ => kradagrad_star::root_spec(rank),
+                },
+            }
+        });
+    let direction = match tau < options.start_preconditioning_step {
+        true => Direction::Gradient,
+        false => Direction::Full,
+    };
+    StepPlan { refresh, direction }
+}
+
+impl<B: Backend> StepPlan<B> {
+    /// No roots due, and the raw gradient as the direction.
+    pub(crate) fn gradient() -> Self {
+        Self {
+            refresh: None,
+            direction: Direction::Gradient,
+        }
+    }
+
+    /// KrADagrad's plan (section 4): `partial` is `Some((dim, blocks))` on a
+    /// statistics step (the blocks with every mode but `dim` preconditioned);
+    /// `started` says whether preconditioning has started.
+    pub(crate) fn kradagrad(
+        refresh: Option<RootRefresh>,
+        partial: Option<(usize, Vec<Tensor<B, 2>>)>,
+        started: bool,
+    ) -> Self {
+        let direction = match (partial, started) {
+            (None, false) => Direction::Gradient,
+            (None, true) => Direction::Full,
+            (Some((dim, blocks)), finish) => Direction::Partial { dim, blocks, finish },
         };
-        refresh_roots(factors.groups, |_| true, spec, options);
-        touched.roots.fill(true);
+        Self { refresh, direction }
     }
-    if tau < options.start_preconditioning_step {
-        return None;
-    }
-    Some(
-        blocks
-            .into_iter()
-            .zip(factors.groups.iter())
-            .zip(block_dims)
-            .map(|((b, group), dims)| apply_factors(b, &group.roots, dims, None))
-            .collect(),
-    )
 }

@@ -9,10 +9,9 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::engine::{apply_factors, refresh_roots, Factors, Touched, Variant};
+use super::engine::{apply_factors, Factors, RootRefresh, StepPlan, Touched, Variant};
 use crate::config::{preconditioned_config, Options};
 use crate::krad::{decay_inverse, krad_mm_update_from_blocks};
-use crate::layout::mode_product;
 use crate::roots::RootSpec;
 
 preconditioned_config! {
@@ -57,21 +56,22 @@ pub(crate) fn largest_dim(dims: &[usize]) -> usize {
     dims.iter().position(|&d| d == max).expect("max exists")
 }
 
-/// KrADagrad's preconditioned blocks for one step (section 4); see
-/// [`precondition_blocks`](super::engine::precondition_blocks) for the
-/// arguments. `dims` (the merged dims) pick the statistic updated this step.
-pub(crate) fn precondition<B: Backend>(
+/// KrADagrad's phase one (section 4); see
+/// [`update_statistics`](super::engine::update_statistics) for the
+/// arguments. `dims` (the merged dims) pick the statistic updated this step;
+/// the roots due are those of the dims updated since their last refresh.
+pub(crate) fn update_statistics<B: Backend>(
     options: &Options,
     dims: &[usize],
     block_dims: &[&[usize]],
     factors: Factors<'_, B>,
-    blocks: Vec<Tensor<B, 2>>,
+    blocks: &[Tensor<B, 2>],
     touched: &mut Touched,
-) -> Option<Vec<Tensor<B, 2>>> {
+) -> StepPlan<B> {
     let t = *factors.step;
     *factors.step += 1;
     if dims.is_empty() {
-        return None;
+        return StepPlan::gradient();
     }
     let groups = factors.groups;
     // On a statistics step: the dim, and the gradient with every other mode preconditioned.
@@ -92,33 +92,16 @@ pub(crate) fn precondition<B: Backend>(
         touched.statistics[i] = true;
         partial = Some((i, tilde));
     }
-    if t.is_multiple_of(options.preconditioning_compute_steps) {
-        // Every block's roots of every stale dim (the reference refreshes only the first block's).
+    // Every block's roots of every stale dim (the reference refreshes only the first block's).
+    let refresh = t.is_multiple_of(options.preconditioning_compute_steps).then(|| {
         let stale = std::mem::replace(factors.stale_dims, vec![false; dims.len()]);
-        refresh_roots(groups, |j| stale[j], RootSpec::positive(2), options);
-        touched.roots = stale;
-    }
-    let preconditioned = t >= options.start_preconditioning_step;
-    match (partial, preconditioned) {
-        (None, false) => None,
-        (Some((_, tilde)), false) => Some(tilde),
-        (Some((i, tilde)), true) => Some(
-            tilde
-                .into_iter()
-                .zip(groups.iter())
-                .zip(block_dims)
-                .map(|((gt, group), bd)| mode_product(gt, group.roots[i].clone(), bd, i))
-                .collect(),
-        ),
-        (None, true) => Some(
-            blocks
-                .into_iter()
-                .zip(groups.iter())
-                .zip(block_dims)
-                .map(|((b, group), bd)| apply_factors(b, &group.roots, bd, None))
-                .collect(),
-        ),
-    }
+        touched.roots = stale.clone();
+        RootRefresh {
+            dims: stale,
+            spec: RootSpec::positive(2),
+        }
+    });
+    StepPlan::kradagrad(refresh, partial, t >= options.start_preconditioning_step)
 }
 
 #[cfg(test)]
