@@ -11,7 +11,9 @@ use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
 use crate::layout::{mode_gram, mode_product, stack, unstack, BlockLayout};
 use crate::roots::{matrix_roots, RootSpec};
-use crate::transforms::{accumulate_graft, add_momentum, as_row, decay_momentum, graft, WeightDecayStyle};
+use crate::transforms::{
+    accumulate_graft, add_momentum, as_row, decay_momentum, graft, Grafting, WeightDecayStyle,
+};
 
 /// Which optimizer a step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,9 +262,12 @@ pub(crate) fn check_learning_rate(lr: f64) {
 /// under `rollback` (the non-finite guard) each goes back to its value before
 /// the step where the flag is set.
 ///
-/// The work runs on `[1, numel]` rows, so that the per-tensor norms of the
-/// grafting and the element-wise update share one rank and Burn's fusion
-/// fuses them (reshapes happen only on the way in and out).
+/// With grafting, the work runs on `[1, numel]` rows, so that the
+/// per-tensor norms of the grafting and the element-wise update share one
+/// rank and Burn's fusion fuses them (reshapes happen only on the way in and
+/// out); without, there are no norms, and it runs at the parameter's own
+/// shape, which spares the reshape of the outputs back to it (Burn fused
+/// that into a copy kernel per parameter; docs/performance.md).
 #[allow(clippy::too_many_arguments)] // The step's inputs, each used once.
 pub(crate) fn finish<B: Backend, const D: usize>(
     options: &Options,
@@ -275,7 +280,21 @@ pub(crate) fn finish<B: Backend, const D: usize>(
     rollback: Option<&guard::Rollback<B>>,
 ) -> (Tensor<B, D>, Option<Tensor<B, D>>, Option<Tensor<B, D>>) {
     let dims = tensor.dims();
-    let (param, graft_buffer, momentum_buffer) = finish_rows(
+    if options.grafting == Grafting::None {
+        let direction = direction.reshape(dims);
+        let grad = grad.clone();
+        return finish_at(
+            options,
+            lr,
+            tensor,
+            grad,
+            direction,
+            graft_buffer,
+            momentum_buffer,
+            rollback,
+        );
+    }
+    let (param, graft_buffer, momentum_buffer) = finish_at(
         options,
         lr,
         as_row(tensor),
@@ -289,18 +308,18 @@ pub(crate) fn finish<B: Backend, const D: usize>(
     (back(param), graft_buffer.map(back), momentum_buffer.map(back))
 }
 
-/// [`finish`] on rows.
+/// [`finish`] at the shape its inputs have.
 #[allow(clippy::too_many_arguments)] // As `finish`.
-fn finish_rows<B: Backend>(
+fn finish_at<B: Backend, const R: usize>(
     options: &Options,
     lr: f64,
-    tensor: Tensor<B, 2>,
-    grad: Tensor<B, 2>,
-    direction: Tensor<B, 2>,
-    graft_buffer: Option<Tensor<B, 2>>,
-    momentum_buffer: Option<Tensor<B, 2>>,
+    tensor: Tensor<B, R>,
+    grad: Tensor<B, R>,
+    direction: Tensor<B, R>,
+    graft_buffer: Option<Tensor<B, R>>,
+    momentum_buffer: Option<Tensor<B, R>>,
     rollback: Option<&guard::Rollback<B>>,
-) -> (Tensor<B, 2>, Option<Tensor<B, 2>>, Option<Tensor<B, 2>>) {
+) -> (Tensor<B, R>, Option<Tensor<B, R>>, Option<Tensor<B, R>>) {
     let before = rollback.map(|_| (tensor.clone(), graft_buffer.clone(), momentum_buffer.clone()));
     let nesterov = options.nesterov.then_some(options.nesterov_style);
     // The momentum's decay first: issued after the grafting's norms, it would
