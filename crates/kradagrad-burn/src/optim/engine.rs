@@ -11,9 +11,7 @@ use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
 use crate::layout::{mode_gram, mode_product, stack, unstack, BlockLayout};
 use crate::roots::{matrix_roots, RootSpec};
-use crate::transforms::{
-    accumulate_graft, add_momentum, as_row, decay_momentum, graft, Grafting, WeightDecayStyle,
-};
+use crate::transforms::{accumulate_graft, add_momentum, as_row, decay_momentum, graft, WeightDecayStyle};
 
 /// Which optimizer a step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,12 +260,10 @@ pub(crate) fn check_learning_rate(lr: f64) {
 /// under `rollback` (the non-finite guard) each goes back to its value before
 /// the step where the flag is set.
 ///
-/// With grafting, the work runs on `[1, numel]` rows, so that the
-/// per-tensor norms of the grafting and the element-wise update share one
-/// rank and Burn's fusion fuses them (reshapes happen only on the way in and
-/// out); without, there are no norms, and it runs at the parameter's own
-/// shape, which spares the reshape of the outputs back to it (Burn fused
-/// that into a copy kernel per parameter; docs/performance.md).
+/// The work runs at the parameter's own shape. (Running it on `[1, numel]`
+/// rows fused the grafting's norms better, but made Burn 0.21's fusion
+/// explorer exhaust memory on lavapipe under `CUBECL_AUTOTUNE_LEVEL=minimal`;
+/// docs/performance.md.)
 #[allow(clippy::too_many_arguments)] // The step's inputs, each used once.
 pub(crate) fn finish<B: Backend, const D: usize>(
     options: &Options,
@@ -279,33 +275,18 @@ pub(crate) fn finish<B: Backend, const D: usize>(
     momentum_buffer: Option<Tensor<B, D>>,
     rollback: Option<&guard::Rollback<B>>,
 ) -> (Tensor<B, D>, Option<Tensor<B, D>>, Option<Tensor<B, D>>) {
-    let dims = tensor.dims();
-    if options.grafting == Grafting::None {
-        let direction = direction.reshape(dims);
-        let grad = grad.clone();
-        return finish_at(
-            options,
-            lr,
-            tensor,
-            grad,
-            direction,
-            graft_buffer,
-            momentum_buffer,
-            rollback,
-        );
-    }
-    let (param, graft_buffer, momentum_buffer) = finish_at(
+    let direction = direction.reshape(tensor.dims());
+    let grad = grad.clone();
+    finish_at(
         options,
         lr,
-        as_row(tensor),
-        as_row(grad.clone()),
+        tensor,
+        grad,
         direction,
-        graft_buffer.map(as_row),
-        momentum_buffer.map(as_row),
+        graft_buffer,
+        momentum_buffer,
         rollback,
-    );
-    let back = |t: Tensor<B, 2>| t.reshape(dims);
-    (back(param), graft_buffer.map(back), momentum_buffer.map(back))
+    )
 }
 
 /// [`finish`] at the shape its inputs have.
