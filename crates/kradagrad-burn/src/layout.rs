@@ -189,12 +189,10 @@ impl BlockLayout {
     /// Inverse of [`split`](Self::split): puts the regions' blocks back into
     /// one flattened tensor, as a `[1, numel]` row.
     ///
-    /// A row because the step's element-wise work after it (grafting,
-    /// momentum, the update) runs on rows, and a layout of one region whose
-    /// blocks are already in row-major order (a single block, or blocks cut
-    /// along the first dim only) is then a single reshape, a view, which
-    /// Burn's fusion reads as an input of that work; a chain of reshapes
-    /// would end the fused kernel.
+    /// A layout of one region whose blocks are already in row-major order
+    /// (a single block, or blocks cut along the first dim only) is a single
+    /// reshape, a view, which Burn's fusion reads as an input of the work
+    /// after it; a chain of reshapes would end the fused kernel.
     pub fn assemble<B: Backend>(&self, regions: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
         assert_eq!(regions.len(), self.regions.len(), "one tensor per region");
         let numel = self.numel();
