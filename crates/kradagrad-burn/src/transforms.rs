@@ -90,10 +90,11 @@ pub fn graft<B: Backend, const D: usize>(
     accumulator: Option<&Tensor<B, D>>,
     diagonal_eps: f64,
 ) -> Tensor<B, D> {
-    // The sums of squares are `[1, 1]`: on `[1, numel]` rows (as the
-    // optimizers call it) the square roots and the rescaling broadcast at the
-    // reduction's own rank and fuse with the element-wise work around them; a
-    // reshape between a reduction and its consumers ends Burn's fused kernels.
+    // The sums of squares are `[1, 1]`: on `[1, numel]` rows the square roots
+    // and the rescaling broadcast at the reduction's own rank and fuse with the
+    // element-wise work around them; at other shapes a reshape between a
+    // reduction and its consumers ends Burn's fused kernels (the optimizers
+    // call it at the parameter's shape for now; docs/performance.md).
     let graft_squares = match (grafting, accumulator) {
         (Grafting::None, _) => return direction,
         (Grafting::SgdNorm, _) => sum_of_squares(grad.clone()),

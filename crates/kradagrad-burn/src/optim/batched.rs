@@ -44,7 +44,6 @@ use super::FactorGroup;
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
 use crate::layout::{stack, unstack, BlockLayout};
-use crate::transforms::as_row;
 
 /// The state of a [`BatchedOptimizer`], also its Burn record.
 ///
@@ -598,13 +597,15 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         let mut params = Vec::with_capacity(entries.len());
         for (p, entry) in entries.iter().enumerate() {
             let direction = match out[p].take() {
-                Some(regions) => plan.layouts[p].assemble(
-                    regions
-                        .into_iter()
-                        .map(|r| r.expect("every region preconditioned"))
-                        .collect(),
-                ),
-                None => as_row(entry.grad.clone()),
+                Some(regions) => plan.layouts[p]
+                    .assemble(
+                        regions
+                            .into_iter()
+                            .map(|r| r.expect("every region preconditioned"))
+                            .collect(),
+                    )
+                    .reshape(entry.param.dims()),
+                None => entry.grad.clone(),
             };
             let (param, graft, momentum) = finish(
                 options,

@@ -11,7 +11,7 @@ use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
 use crate::layout::{mode_gram, mode_product, stack, unstack, BlockLayout};
 use crate::roots::{matrix_roots, RootSpec};
-use crate::transforms::{accumulate_graft, add_momentum, as_row, decay_momentum, graft, WeightDecayStyle};
+use crate::transforms::{accumulate_graft, add_momentum, decay_momentum, graft, WeightDecayStyle};
 
 /// Which optimizer a step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,8 +222,8 @@ pub(crate) fn step<B: Backend, const D: usize>(
         refresh_roots(vec![(&mut new.groups[..], refresh)], options);
     }
     let direction = match precondition(plan, &new.groups, &block_dims, blocks) {
-        Some(out) => layout.assemble(out),
-        None => as_row(grad.clone()),
+        Some(out) => layout.assemble(out).reshape(tensor.dims()),
+        None => grad.clone(),
     };
     let rollback =
         (options.non_finite_gradients == NonFiniteGradients::Skip).then(|| guard::Rollback::new(non_finite));
@@ -254,11 +254,10 @@ pub(crate) fn check_learning_rate(lr: f64) {
 }
 
 /// What every optimizer does after preconditioning (sections 3 and 6): graft
-/// the direction (given as a `[1, numel]` row, see
-/// [`BlockLayout::assemble`]), add weight decay, apply momentum and take the
-/// step. Returns the new parameter and the new graft and momentum buffers;
-/// under `rollback` (the non-finite guard) each goes back to its value before
-/// the step where the flag is set.
+/// the direction (at the parameter's shape), add weight decay, apply momentum
+/// and take the step. Returns the new parameter and the new graft and momentum
+/// buffers; under `rollback` (the non-finite guard) each goes back to its
+/// value before the step where the flag is set.
 ///
 /// The work runs at the parameter's own shape. (Running it on `[1, numel]`
 /// rows fused the grafting's norms better, but made Burn 0.21's fusion
@@ -270,47 +269,21 @@ pub(crate) fn finish<B: Backend, const D: usize>(
     lr: f64,
     tensor: Tensor<B, D>,
     grad: &Tensor<B, D>,
-    direction: Tensor<B, 2>,
+    direction: Tensor<B, D>,
     graft_buffer: Option<Tensor<B, D>>,
     momentum_buffer: Option<Tensor<B, D>>,
     rollback: Option<&guard::Rollback<B>>,
 ) -> (Tensor<B, D>, Option<Tensor<B, D>>, Option<Tensor<B, D>>) {
-    let direction = direction.reshape(tensor.dims());
-    let grad = grad.clone();
-    finish_at(
-        options,
-        lr,
-        tensor,
-        grad,
-        direction,
-        graft_buffer,
-        momentum_buffer,
-        rollback,
-    )
-}
-
-/// [`finish`] at the shape its inputs have.
-#[allow(clippy::too_many_arguments)] // As `finish`.
-fn finish_at<B: Backend, const R: usize>(
-    options: &Options,
-    lr: f64,
-    tensor: Tensor<B, R>,
-    grad: Tensor<B, R>,
-    direction: Tensor<B, R>,
-    graft_buffer: Option<Tensor<B, R>>,
-    momentum_buffer: Option<Tensor<B, R>>,
-    rollback: Option<&guard::Rollback<B>>,
-) -> (Tensor<B, R>, Option<Tensor<B, R>>, Option<Tensor<B, R>>) {
     let before = rollback.map(|_| (tensor.clone(), graft_buffer.clone(), momentum_buffer.clone()));
     let nesterov = options.nesterov.then_some(options.nesterov_style);
     // The momentum's decay first: issued after the grafting's norms, it would
     // run in a kernel of its own (see `decay_momentum`).
     let decayed = decay_momentum(options.momentum, nesterov, momentum_buffer);
-    let graft_buffer = accumulate_graft(options.grafting, graft_buffer, &grad, options.beta2);
+    let graft_buffer = accumulate_graft(options.grafting, graft_buffer, grad, options.beta2);
     let mut direction = graft(
         options.grafting,
         direction,
-        &grad,
+        grad,
         graft_buffer.as_ref(),
         options.diagonal_eps,
     );
