@@ -187,25 +187,33 @@ impl BlockLayout {
     }
 
     /// Inverse of [`split`](Self::split): puts the regions' blocks back into
-    /// one flattened tensor, as a `[1, numel]` row.
+    /// one tensor of shape `dims` (the parameter's own, or its flattened
+    /// `[numel]`).
     ///
-    /// A layout of one region whose blocks are already in row-major order
-    /// (a single block, or blocks cut along the first dim only) is a single
-    /// reshape, a view, which Burn's fusion reads as an input of the work
-    /// after it; a chain of reshapes would end the fused kernel.
-    pub fn assemble<B: Backend>(&self, regions: Vec<Tensor<B, 2>>) -> Tensor<B, 2> {
+    /// Whatever the path, the result comes from a single reshape of the last
+    /// computed tensor: Burn 0.21's fusion fuses a reshape of a fused block's
+    /// input with the work after it, but ends the block at a reshape of a
+    /// reshape. A layout of one region whose blocks are already in row-major
+    /// order (a single block, or blocks cut along the first dim only) is that
+    /// single reshape, a view.
+    pub fn assemble<B: Backend, const D: usize>(
+        &self,
+        regions: Vec<Tensor<B, 2>>,
+        dims: [usize; D],
+    ) -> Tensor<B, D> {
         assert_eq!(regions.len(), self.regions.len(), "one tensor per region");
         let numel = self.numel();
+        assert_eq!(
+            dims.iter().product::<usize>(),
+            numel,
+            "assemble: {dims:?} does not hold the layout"
+        );
         let in_order = |region: &Region| {
             (0..self.rank())
                 .all(|i| region.counts[i] == 1 || region.block_dims[..i].iter().product::<usize>() == 1)
         };
         if self.regions.len() == 1 && in_order(&self.regions[0]) {
-            return regions
-                .into_iter()
-                .next()
-                .expect("one region")
-                .reshape([1, numel]);
+            return regions.into_iter().next().expect("one region").reshape(dims);
         }
         // Undo the blocking of every region.
         let mut flats: Vec<Option<Tensor<B, 1>>> = regions
@@ -227,7 +235,7 @@ impl BlockLayout {
                 Some(t)
             })
             .collect();
-        self.join(0, 0, &mut flats).reshape([1, numel])
+        self.join(0, 0, &mut flats).reshape(dims)
     }
 
     /// Concatenates the regions whose index starts with the digits chosen so
@@ -518,7 +526,7 @@ mod tests {
             let blocks = layout.split(iota(n));
             let total: usize = blocks.iter().map(|b| b.dims()[0] * b.dims()[1]).sum();
             assert_eq!(total, n, "{shape:?}");
-            let back = values(layout.assemble(blocks));
+            let back = values(layout.assemble(blocks, [layout.numel()]));
             assert_eq!(back, values(iota(n)), "{shape:?} block {block:?}");
         }
     }

@@ -90,11 +90,11 @@ pub fn graft<B: Backend, const D: usize>(
     accumulator: Option<&Tensor<B, D>>,
     diagonal_eps: f64,
 ) -> Tensor<B, D> {
-    // The sums of squares are `[1, 1]`: on `[1, numel]` rows the square roots
-    // and the rescaling broadcast at the reduction's own rank and fuse with the
-    // element-wise work around them; at other shapes a reshape between a
-    // reduction and its consumers ends Burn's fused kernels (the optimizers
-    // call it at the parameter's shape for now; docs/performance.md).
+    // The sums of squares keep the tensor's rank (`[1; D]`), so that their
+    // square roots and the rescaling broadcast without a reshape: Burn 0.21's
+    // fusion ends a fused kernel at a reshape of a computed value, and
+    // reshaping the inputs to `[1, numel]` rows instead hit a fusion bug
+    // (docs/performance.md, "Why the rows version failed").
     let graft_squares = match (grafting, accumulator) {
         (Grafting::None, _) => return direction,
         (Grafting::SgdNorm, _) => sum_of_squares(grad.clone()),
@@ -103,12 +103,18 @@ pub fn graft<B: Backend, const D: usize>(
     };
     let direction_squares = sum_of_squares(direction.clone());
     let scale = graft_squares.sqrt() / direction_squares.sqrt().add_scalar(1e-16);
-    direction * scale.reshape([1; D])
+    direction * scale
 }
 
-/// The sum of the squared entries of a tensor, as a `[1, 1]` tensor.
-fn sum_of_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
-    as_row(t).square().sum_dim(1)
+/// The sum of the squared entries of a tensor, at the tensor's rank (`[1; D]`):
+/// one reduction per axis longer than 1, innermost first (the first one
+/// fuses with the squaring and the work before it).
+fn sum_of_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    let dims = t.dims();
+    (0..D)
+        .rev()
+        .filter(|&axis| dims[axis] > 1)
+        .fold(t.square(), |sum, axis| sum.sum_dim(axis))
 }
 
 /// Heavy-ball momentum with optional Nesterov (section 6). Returns the update

@@ -597,14 +597,13 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         let mut params = Vec::with_capacity(entries.len());
         for (p, entry) in entries.iter().enumerate() {
             let direction = match out[p].take() {
-                Some(regions) => plan.layouts[p]
-                    .assemble(
-                        regions
-                            .into_iter()
-                            .map(|r| r.expect("every region preconditioned"))
-                            .collect(),
-                    )
-                    .reshape(entry.param.dims()),
+                Some(regions) => plan.layouts[p].assemble(
+                    regions
+                        .into_iter()
+                        .map(|r| r.expect("every region preconditioned"))
+                        .collect(),
+                    entry.param.dims(),
+                ),
                 None => entry.grad.clone(),
             };
             let (param, graft, momentum) = finish(

@@ -222,7 +222,7 @@ pub(crate) fn step<B: Backend, const D: usize>(
         refresh_roots(vec![(&mut new.groups[..], refresh)], options);
     }
     let direction = match precondition(plan, &new.groups, &block_dims, blocks) {
-        Some(out) => layout.assemble(out).reshape(tensor.dims()),
+        Some(out) => layout.assemble(out, tensor.dims()),
         None => grad.clone(),
     };
     let rollback =
