@@ -186,19 +186,22 @@ impl BlockLayout {
             .collect()
     }
 
-    /// Inverse of [`split`](Self::split): puts the regions' blocks back into
+    /// Inverse of [`split`](Self::split): puts the regions' blocks, each
+    /// region flattened (`[blocks * block_numel]`, see [`flatten`]), back into
     /// one tensor of shape `dims` (the parameter's own, or its flattened
     /// `[numel]`).
     ///
     /// Whatever the path, the result comes from a single reshape of the last
     /// computed tensor: Burn 0.21's fusion fuses a reshape of a fused block's
     /// input with the work after it, but ends the block at a reshape of a
-    /// reshape. A layout of one region whose blocks are already in row-major
-    /// order (a single block, or blocks cut along the first dim only) is that
-    /// single reshape, a view.
+    /// reshape, and only when the reshape does not lower the rank (so the
+    /// regions come flat: lowering `[blocks, block_numel]` to one axis happens
+    /// before, where the blocks are computed). A layout of one region whose
+    /// blocks are already in row-major order (a single block, or blocks cut
+    /// along the first dim only) is that single reshape, a view.
     pub fn assemble<B: Backend, const D: usize>(
         &self,
-        regions: Vec<Tensor<B, 2>>,
+        regions: Vec<Tensor<B, 1>>,
         dims: [usize; D],
     ) -> Tensor<B, D> {
         assert_eq!(regions.len(), self.regions.len(), "one tensor per region");
@@ -222,7 +225,7 @@ impl BlockLayout {
             .map(|(blocks, region)| {
                 let numel = region.num_blocks() * region.block_numel();
                 let mut batch = region.num_blocks();
-                let mut t = blocks.reshape([numel]);
+                let mut t = blocks;
                 for i in (0..self.rank()).rev() {
                     let count = region.counts[i];
                     if count > 1 {
@@ -356,6 +359,33 @@ pub(crate) fn unstack<B: Backend, const R: usize>(
         .iter()
         .map(|&n| {
             let part = stacked.clone().narrow(0, offset, n);
+            offset += n;
+            part
+        })
+        .collect()
+}
+
+/// A tensor's entries as one axis (a view of a contiguous tensor).
+pub fn flatten<B: Backend, const R: usize>(t: Tensor<B, R>) -> Tensor<B, 1> {
+    let numel = t.shape().num_elements();
+    t.reshape([numel])
+}
+
+/// [`unstack`] of a `[batch, width]` stack into flat parts
+/// (`[count * width]`), the stack flattened first: a rank-lowering reshape
+/// right after the work that computed the stack, not in the fused work that
+/// reads the parts (see [`BlockLayout::assemble`]).
+pub(crate) fn unstack_flat<B: Backend>(stacked: Tensor<B, 2>, counts: &[usize]) -> Vec<Tensor<B, 1>> {
+    let width = stacked.dims()[1];
+    let flat = flatten(stacked);
+    let mut offset = 0;
+    counts
+        .iter()
+        .map(|&n| {
+            let part = match counts.len() {
+                1 => flat.clone(),
+                _ => flat.clone().narrow(0, offset * width, n * width),
+            };
             offset += n;
             part
         })
@@ -526,7 +556,7 @@ mod tests {
             let blocks = layout.split(iota(n));
             let total: usize = blocks.iter().map(|b| b.dims()[0] * b.dims()[1]).sum();
             assert_eq!(total, n, "{shape:?}");
-            let back = values(layout.assemble(blocks, [layout.numel()]));
+            let back = values(layout.assemble(blocks.into_iter().map(flatten).collect(), [layout.numel()]));
             assert_eq!(back, values(iota(n)), "{shape:?} block {block:?}");
         }
     }

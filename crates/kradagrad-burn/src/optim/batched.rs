@@ -43,7 +43,7 @@ use super::state::{factors_mismatch, tensor_bytes};
 use super::FactorGroup;
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
-use crate::layout::{stack, unstack, BlockLayout};
+use crate::layout::{stack, unstack_flat, BlockLayout};
 
 /// The state of a [`BatchedOptimizer`], also its Burn record.
 ///
@@ -226,6 +226,10 @@ impl Plan {
 /// One parameter's blocks, one slot per region of its layout (emptied as
 /// they are stacked or assembled).
 type Regions<B> = Vec<Option<Tensor<B, 2>>>;
+
+/// One parameter's preconditioned regions, each flattened (see
+/// [`BlockLayout::assemble`]), one slot per region.
+type FlatRegions<B> = Vec<Option<Tensor<B, 1>>>;
 
 /// A parameter with a gradient, flattened, as collected at the start of a step.
 struct Entry<B: Backend> {
@@ -565,7 +569,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         // Phase three: the preconditioned blocks, back to their parameters
         // (same indexing as `blocks`; `None` for a class whose direction is
         // the gradient).
-        let mut out: Vec<Option<Regions<B::InnerBackend>>> = vec![None; entries.len()];
+        let mut out: Vec<Option<FlatRegions<B::InnerBackend>>> = vec![None; entries.len()];
         for ((class, class_state), (step, stacked)) in plan.classes.iter().zip(&new.classes).zip(steps) {
             let block_dims: Vec<&[usize]> = class.groups.iter().map(|g| g.block_dims.as_slice()).collect();
             let Some(result) = precondition(step, &class_state.groups, &block_dims, stacked) else {
@@ -573,7 +577,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             };
             for (group, preconditioned) in class.groups.iter().zip(result) {
                 let counts: Vec<_> = group.members.iter().map(|m| m.blocks).collect();
-                for (m, part) in group.members.iter().zip(unstack(preconditioned, &counts)) {
+                for (m, part) in group.members.iter().zip(unstack_flat(preconditioned, &counts)) {
                     let slot =
                         out[m.param].get_or_insert_with(|| vec![None; plan.layouts[m.param].regions.len()]);
                     slot[m.region] = Some(part);
@@ -593,10 +597,14 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             }
         }
 
-        // Per parameter: assemble the direction, then graft, weight decay, momentum, update.
-        let mut params = Vec::with_capacity(entries.len());
-        for (p, entry) in entries.iter().enumerate() {
-            let direction = match out[p].take() {
+        // Every parameter's direction assembled first, then per parameter:
+        // graft, weight decay, momentum, update. (Issued in this order, the
+        // assembly's reshapes, which Burn's fusion cannot fuse when they lower
+        // the rank, run before the updates instead of inside them.)
+        let directions: Vec<_> = entries
+            .iter()
+            .enumerate()
+            .map(|(p, entry)| match out[p].take() {
                 Some(regions) => plan.layouts[p].assemble(
                     regions
                         .into_iter()
@@ -605,7 +613,10 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                     entry.param.dims(),
                 ),
                 None => entry.grad.clone(),
-            };
+            })
+            .collect();
+        let mut params = Vec::with_capacity(entries.len());
+        for ((p, entry), direction) in entries.iter().enumerate().zip(directions) {
             let (param, graft, momentum) = finish(
                 options,
                 lr,

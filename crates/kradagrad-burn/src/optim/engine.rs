@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::{kradagrad, kradagrad_star, shampoo, FactorGroup, PreconditionerState};
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
-use crate::layout::{mode_gram, mode_product, stack, unstack, BlockLayout};
+use crate::layout::{flatten, mode_gram, mode_product, stack, unstack, BlockLayout};
 use crate::roots::{matrix_roots, RootSpec};
 use crate::transforms::{accumulate_graft, add_momentum, decay_momentum, graft, WeightDecayStyle};
 
@@ -222,7 +222,7 @@ pub(crate) fn step<B: Backend, const D: usize>(
         refresh_roots(vec![(&mut new.groups[..], refresh)], options);
     }
     let direction = match precondition(plan, &new.groups, &block_dims, blocks) {
-        Some(out) => layout.assemble(out, tensor.dims()),
+        Some(out) => layout.assemble(out.into_iter().map(flatten).collect(), tensor.dims()),
         None => grad.clone(),
     };
     let rollback =
