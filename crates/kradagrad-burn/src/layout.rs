@@ -191,14 +191,14 @@ impl BlockLayout {
     /// one tensor of shape `dims` (the parameter's own, or its flattened
     /// `[numel]`).
     ///
-    /// Whatever the path, the result comes from a single reshape of the last
-    /// computed tensor: Burn 0.21's fusion fuses a reshape of a fused block's
-    /// input with the work after it, but ends the block at a reshape of a
-    /// reshape, and only when the reshape does not lower the rank (so the
-    /// regions come flat: lowering `[blocks, block_numel]` to one axis happens
-    /// before, where the blocks are computed). A layout of one region whose
-    /// blocks are already in row-major order (a single block, or blocks cut
-    /// along the first dim only) is that single reshape, a view.
+    /// Burn 0.21's fusion fuses a reshape with the work after it only when it
+    /// reshapes a block's input (not the result of another reshape) and does
+    /// not lower the rank. So the result comes from a single reshape of the
+    /// last computed tensor, and the regions come flat (lowering
+    /// `[blocks, block_numel]` to one axis happens where the blocks are
+    /// computed, see `optim::batched`). A layout of one region whose blocks
+    /// are already in row-major order (a single block, or blocks cut along the
+    /// first dim only) is that single reshape, a view.
     pub fn assemble<B: Backend, const D: usize>(
         &self,
         regions: Vec<Tensor<B, 1>>,
@@ -377,19 +377,8 @@ pub fn flatten<B: Backend, const R: usize>(t: Tensor<B, R>) -> Tensor<B, 1> {
 /// reads the parts (see [`BlockLayout::assemble`]).
 pub(crate) fn unstack_flat<B: Backend>(stacked: Tensor<B, 2>, counts: &[usize]) -> Vec<Tensor<B, 1>> {
     let width = stacked.dims()[1];
-    let flat = flatten(stacked);
-    let mut offset = 0;
-    counts
-        .iter()
-        .map(|&n| {
-            let part = match counts.len() {
-                1 => flat.clone(),
-                _ => flat.clone().narrow(0, offset * width, n * width),
-            };
-            offset += n;
-            part
-        })
-        .collect()
+    let lengths: Vec<usize> = counts.iter().map(|&n| n * width).collect();
+    unstack(flatten(stacked), &lengths)
 }
 
 /// `(pre, d, post)`: the block axes before mode `i`, mode `i`'s size, and the
