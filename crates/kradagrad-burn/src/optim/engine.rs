@@ -259,10 +259,10 @@ pub(crate) fn check_learning_rate(lr: f64) {
 /// buffers; under `rollback` (the non-finite guard) each goes back to its
 /// value before the step where the flag is set.
 ///
-/// The work runs at the parameter's own shape. (Running it on `[1, numel]`
-/// rows fused the grafting's norms better, but made Burn 0.21's fusion
-/// explorer exhaust memory on lavapipe under `CUBECL_AUTOTUNE_LEVEL=minimal`;
-/// docs/performance.md.)
+/// The work runs at the parameter's own shape. (On `[1, numel]` rows, under
+/// `CUBECL_AUTOTUNE_LEVEL=minimal`, a cached fused reduction of Burn 0.21
+/// panics at launch and leaves the fusion queue undrained; docs/performance.md,
+/// "Why the rows version failed under minimal autotune".)
 #[allow(clippy::too_many_arguments)] // The step's inputs, each used once.
 pub(crate) fn finish<B: Backend, const D: usize>(
     options: &Options,
