@@ -16,42 +16,62 @@ pub fn non_finite<B: Backend, const D: usize>(grad: &Tensor<B, D>) -> Tensor<B, 
 
 /// `sum(0 * t)`, a one-element tensor that is NaN exactly when `t` holds a
 /// NaN or an Inf (see [`non_finite`]); probes of several tensors add up to a
-/// probe of all of them, read by [`probes_flag`].
+/// probe of all of them (see [`Rollback::from_probes`]).
+///
+/// A rank-1 tensor (a flattened gradient) is summed along its one axis, so
+/// that Burn's fusion fuses the probe with the work around it; others are
+/// summed as one `[1, numel]` row (see [`as_row`](crate::transforms::as_row)).
 pub fn non_finite_probe<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
-    crate::transforms::as_row(t)
-        .mul_scalar(0.0)
-        .sum_dim(1)
-        .reshape([1])
-}
-
-/// The flag of a set of [`non_finite_probe`]s: set when any tensor probed
-/// holds a NaN or an Inf. Panics on an empty list.
-pub fn probes_flag<B: Backend>(probes: Vec<Tensor<B, 1>>) -> Tensor<B, 1, Bool> {
-    let mut probes = probes.into_iter();
-    let first = probes.next().expect("at least one probe");
-    probes.fold(first, |sum, p| sum + p).is_nan()
+    match D {
+        1 => t.mul_scalar(0.0).sum_dim(0).reshape([1]),
+        _ => crate::transforms::as_row(t)
+            .mul_scalar(0.0)
+            .sum_dim(1)
+            .reshape([1]),
+    }
 }
 
 /// The guard's verdict for one step, applied to every tensor the step wrote:
 /// each goes back to its old value where the flag is set.
 ///
-/// Built once per step from the flag; [`Rollback::apply`] then costs one
-/// comparison and one select per tensor, both of which Burn's fusion fuses
-/// with the work that produced the new value (broadcasting the flag with
-/// `expand` would end the fused kernel).
+/// Built once per step; [`Rollback::apply`] then costs one comparison and
+/// one select per tensor, both of which Burn's fusion fuses with the work
+/// that produced the new value (broadcasting the flag with `expand` would end
+/// the fused kernel).
 #[derive(Debug, Clone)]
 pub struct Rollback<B: Backend> {
-    /// `+inf` where the flag is set, `-inf` where it is not (`[1]`).
+    /// `+inf` when the step is rolled back, `-inf` when it is kept (`[1]`).
     threshold: Tensor<B, 1>,
 }
 
 impl<B: Backend> Rollback<B> {
-    /// The verdict of `flag` (see [`non_finite`], [`probes_flag`]), without
-    /// reading it on the host.
+    /// The verdict of `flag` (see [`non_finite`]), without reading it on the
+    /// host.
     pub fn new(flag: Tensor<B, 1, Bool>) -> Self {
         let threshold =
             Tensor::<B, 1>::full([1], f64::NEG_INFINITY, &flag.device()).mask_fill(flag, f64::INFINITY);
         Self { threshold }
+    }
+
+    /// The verdict of a [`non_finite_probe`]: rolled back when the probe is
+    /// NaN. A finite probe is `0` (or `-0`), so `probe <= 0` holds exactly
+    /// when the step is kept: a comparison and a masked fill, which fuse,
+    /// where `is_nan` would launch a kernel of its own.
+    pub fn from_probe(probe: Tensor<B, 1>) -> Self {
+        let kept = probe.clone().lower_equal_elem(0.0);
+        let threshold = Tensor::<B, 1>::full([1], f64::INFINITY, &probe.device())
+            .cast(probe.dtype())
+            .mask_fill(kept, f64::NEG_INFINITY);
+        Self { threshold }
+    }
+
+    /// [`from_probe`](Self::from_probe) of the sum of several probes: rolled
+    /// back when any tensor probed holds a NaN or an Inf. Panics on an empty
+    /// list.
+    pub fn from_probes(probes: Vec<Tensor<B, 1>>) -> Self {
+        let mut probes = probes.into_iter();
+        let first = probes.next().expect("at least one probe");
+        Self::from_probe(probes.fold(first, |sum, p| sum + p))
     }
 
     /// `old` where the flag is set and `new` otherwise.
@@ -92,29 +112,48 @@ mod tests {
         non_finite(&grad).into_data().to_vec::<bool>().unwrap()[0]
     }
 
-    fn rolled_back(flag: bool, new: &[f32], old: &[f32]) -> Vec<f32> {
-        let device = Default::default();
-        let flag = Tensor::<NdArray<f32>, 1, Bool>::from_data([flag], &device);
-        let new = Tensor::<NdArray<f32>, 2>::from_floats([[new[0], new[1]], [new[2], new[3]]], &device);
-        let old = Tensor::<NdArray<f32>, 2>::from_floats([[old[0], old[1]], [old[2], old[3]]], &device);
-        Rollback::new(flag)
-            .apply(new, old)
+    fn tensor(values: &[f32]) -> Tensor<NdArray<f32>, 2> {
+        Tensor::from_floats(
+            [[values[0], values[1]], [values[2], values[3]]],
+            &Default::default(),
+        )
+    }
+
+    fn apply(rollback: Rollback<NdArray<f32>>, new: &[f32], old: &[f32]) -> Vec<u32> {
+        let values = rollback
+            .apply(tensor(new), tensor(old))
             .into_data()
             .to_vec::<f32>()
-            .unwrap()
+            .unwrap();
+        values.into_iter().map(f32::to_bits).collect()
+    }
+
+    /// The verdict on a step whose gradient holds `gradient`, taken both ways:
+    /// from the boolean flag and from probes (of it and of a finite tensor).
+    fn verdicts(gradient: [f32; 2]) -> [Rollback<NdArray<f32>>; 2] {
+        let grad = Tensor::<NdArray<f32>, 2>::from_floats([gradient], &Default::default());
+        [
+            Rollback::new(non_finite(&grad)),
+            Rollback::from_probes(vec![non_finite_probe(grad.ones_like()), non_finite_probe(grad)]),
+        ]
     }
 
     #[test]
     fn rollback_keeps_the_old_tensor_exactly_when_flagged() {
         let old = [1.0, -0.0, f32::MAX, -f32::MAX];
         let new = [f32::NAN, f32::INFINITY, 2.0, f32::NEG_INFINITY];
-        let kept = rolled_back(true, &new, &old);
-        assert_eq!(
-            kept.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            old.map(f32::to_bits)
-        );
-        let stepped = rolled_back(false, &[5.0, -6.0, 7.0, 0.0], &old);
-        assert_eq!(stepped, vec![5.0, -6.0, 7.0, 0.0]);
+        let stepped = [5.0, -6.0, 7.0, 0.0];
+        for gradient in [[1.0, f32::NAN], [f32::INFINITY, 0.0], [-1.0, f32::NEG_INFINITY]] {
+            for rollback in verdicts(gradient) {
+                assert_eq!(apply(rollback.clone(), &new, &old), old.map(f32::to_bits));
+                assert_eq!(apply(rollback, &stepped, &old), old.map(f32::to_bits));
+            }
+        }
+        for gradient in [[1.0, -2.0], [0.0, -0.0], [f32::MAX, f32::MAX]] {
+            for rollback in verdicts(gradient) {
+                assert_eq!(apply(rollback, &stepped, &old), stepped.map(f32::to_bits));
+            }
+        }
     }
 
     #[test]

@@ -588,7 +588,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         // One verdict for the model (the parameters share factor tensors),
         // known before the per-parameter work so that each parameter's
         // rollback fuses with the update that produced it.
-        let rollback = skip.then(|| guard::Rollback::new(guard::probes_flag(probes)));
+        let rollback = skip.then(|| guard::Rollback::from_probes(probes));
         if let Some(rollback) = &rollback {
             for ((class, old_class), touched) in
                 new.classes.iter_mut().zip(&old.classes).zip(&touched_by_class)

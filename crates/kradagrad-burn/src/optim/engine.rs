@@ -178,9 +178,8 @@ pub(crate) fn step<B: Backend, const D: usize>(
     check_learning_rate(lr);
     let shape = tensor.dims().to_vec();
     let layout = BlockLayout::new(&shape, options.block_size, options.merge_dims);
-    let non_finite = guard::non_finite(&grad);
     if options.non_finite_gradients == NonFiniteGradients::Panic {
-        guard::panic_if_set(non_finite.clone(), &shape);
+        guard::panic_if_set(guard::non_finite(&grad), &shape);
     }
     let stale = variant == Variant::Kradagrad;
     let old = match state {
@@ -199,9 +198,19 @@ pub(crate) fn step<B: Backend, const D: usize>(
 
     let mut new = old.clone();
     let mut touched = Touched::none(layout.rank());
+    // The step runs on the flattened tensors (see `finish`); the buffers keep
+    // the parameter's shape in the state. The rank-lowering reshapes come
+    // first, before any work that could fuse with them.
+    let dims = tensor.dims();
+    let grad = flatten(grad);
+    let tensor = flatten(tensor);
+    let graft_buffer = new.graft.take().map(flatten);
+    let momentum_buffer = new.momentum.take().map(flatten);
+    let rollback = (options.non_finite_gradients == NonFiniteGradients::Skip)
+        .then(|| guard::Rollback::from_probe(guard::non_finite_probe(grad.clone())));
     let blocks = match layout.rank() {
         0 => vec![],
-        _ => layout.split(grad.clone().reshape([layout.numel()])),
+        _ => layout.split(grad.clone()),
     };
     let block_dims: Vec<&[usize]> = layout.regions.iter().map(|r| r.block_dims.as_slice()).collect();
     let factors = Factors {
@@ -222,27 +231,25 @@ pub(crate) fn step<B: Backend, const D: usize>(
         refresh_roots(vec![(&mut new.groups[..], refresh)], options);
     }
     let direction = match precondition(plan, &new.groups, &block_dims, blocks) {
-        Some(out) => layout.assemble(out.into_iter().map(flatten).collect(), tensor.dims()),
+        Some(out) => layout.assemble(out.into_iter().map(flatten).collect(), [layout.numel()]),
         None => grad.clone(),
     };
-    let rollback =
-        (options.non_finite_gradients == NonFiniteGradients::Skip).then(|| guard::Rollback::new(non_finite));
-    if let Some(rollback) = &rollback {
-        keep_factors_if(rollback, &mut new.groups, &old.groups, &touched);
-    }
     let (param, graft, momentum) = finish(
         options,
         lr,
         tensor,
         &grad,
         direction,
-        new.graft.take(),
-        new.momentum.take(),
+        graft_buffer,
+        momentum_buffer,
         rollback.as_ref(),
     );
-    new.graft = graft;
-    new.momentum = momentum;
-    (param, Some(new))
+    if let Some(rollback) = &rollback {
+        keep_factors_if(rollback, &mut new.groups, &old.groups, &touched);
+    }
+    new.graft = graft.map(|t| t.reshape(dims));
+    new.momentum = momentum.map(|t| t.reshape(dims));
+    (param.reshape(dims), Some(new))
 }
 
 /// Panics unless the learning rate is positive and finite.
@@ -254,15 +261,21 @@ pub(crate) fn check_learning_rate(lr: f64) {
 }
 
 /// What every optimizer does after preconditioning (sections 3 and 6): graft
-/// the direction (at the parameter's shape), add weight decay, apply momentum
-/// and take the step. Returns the new parameter and the new graft and momentum
-/// buffers; under `rollback` (the non-finite guard) each goes back to its
-/// value before the step where the flag is set.
+/// the direction, add weight decay, apply momentum and take the step. Returns
+/// the new parameter and the new graft and momentum buffers; under `rollback`
+/// (the non-finite guard) each goes back to its value before the step where
+/// the flag is set.
 ///
-/// The work runs at the parameter's own shape. (On `[1, numel]` rows, under
-/// `CUBECL_AUTOTUNE_LEVEL=minimal`, a cached fused reduction of Burn 0.21
-/// panics at launch and leaves the fusion queue undrained; docs/performance.md,
-/// "Why the rows version failed under minimal autotune".)
+/// Both front ends call it with every tensor flattened (`D = 1`): Burn
+/// 0.21's fusion fuses a reduction with the element-wise work around it only
+/// along the last axis of tensors of one shape, so at a weight's own shape
+/// the whole-tensor sums of the grafting take one reduction per axis, each a
+/// kernel of its own, where on flat tensors the tail can be one fused kernel
+/// (docs/performance.md, "Fewer kernels, round four"). Not `[1, numel]` rows:
+/// under `CUBECL_AUTOTUNE_LEVEL=minimal` a cached fused reduction of Burn
+/// 0.21 on rows panics at launch and leaves the fusion queue undrained
+/// (docs/performance.md, "Why the rows version failed under minimal
+/// autotune").
 #[allow(clippy::too_many_arguments)] // The step's inputs, each used once.
 pub(crate) fn finish<B: Backend, const D: usize>(
     options: &Options,
