@@ -199,15 +199,12 @@ pub(crate) fn step<B: Backend, const D: usize>(
     let mut new = old.clone();
     let mut touched = Touched::none(layout.rank());
     // The step runs on the flattened tensors (see `finish`); the buffers keep
-    // the parameter's shape in the state. The rank-lowering reshapes come
-    // first, before any work that could fuse with them.
+    // the parameter's shape in the state.
     let dims = tensor.dims();
     let grad = flatten(grad);
     let tensor = flatten(tensor);
     let graft_buffer = new.graft.take().map(flatten);
     let momentum_buffer = new.momentum.take().map(flatten);
-    let rollback = (options.non_finite_gradients == NonFiniteGradients::Skip)
-        .then(|| guard::Rollback::from_probe(guard::non_finite_probe(grad.clone())));
     let blocks = match layout.rank() {
         0 => vec![],
         _ => layout.split(grad.clone()),
@@ -234,6 +231,14 @@ pub(crate) fn step<B: Backend, const D: usize>(
         Some(out) => layout.assemble(out.into_iter().map(flatten).collect(), [layout.numel()]),
         None => grad.clone(),
     };
+    // The verdict is issued after the direction: its threshold (a fresh
+    // constant filled under the probe's comparison) is the first operation
+    // that joins two independent chains, where Burn's fusion ends the stream
+    // it is exploring, so that the tail starts a stream of its own and fuses
+    // (the work before it hangs off the un-fusable reshapes and slices of
+    // the split; docs/performance.md, "Fewer kernels, round four").
+    let rollback = (options.non_finite_gradients == NonFiniteGradients::Skip)
+        .then(|| guard::Rollback::from_probe(guard::non_finite_probe(grad.clone())));
     let (param, graft, momentum) = finish(
         options,
         lr,
