@@ -31,6 +31,13 @@ pub fn non_finite_probe<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B
     }
 }
 
+/// `true` (`[1]`) when a [`non_finite_probe`] says its tensor is finite: a
+/// finite probe is `0` (or `-0`), so `probe <= 0` holds exactly then (a
+/// comparison with NaN is false).
+pub fn probe_is_finite<B: Backend>(probe: Tensor<B, 1>) -> Tensor<B, 1, Bool> {
+    probe.lower_equal_elem(0.0)
+}
+
 /// The guard's verdict for one step, applied to every tensor the step wrote:
 /// each goes back to its old value where the flag is set.
 ///
@@ -54,14 +61,22 @@ impl<B: Backend> Rollback<B> {
     }
 
     /// The verdict of a [`non_finite_probe`]: rolled back when the probe is
-    /// NaN. A finite probe is `0` (or `-0`), so `probe <= 0` holds exactly
-    /// when the step is kept: a comparison and a masked fill, which fuse,
-    /// where `is_nan` would launch a kernel of its own.
+    /// NaN (see [`probe_is_finite`] and [`Rollback::unless`]).
     pub fn from_probe(probe: Tensor<B, 1>) -> Self {
-        let kept = probe.clone().lower_equal_elem(0.0);
-        let threshold = Tensor::<B, 1>::full([1], f64::INFINITY, &probe.device())
-            .cast(probe.dtype())
-            .mask_fill(kept, f64::NEG_INFINITY);
+        Self::unless(probe_is_finite(probe))
+    }
+
+    /// The verdict "rolled back unless `kept`" (`kept` from
+    /// [`probe_is_finite`]): a masked fill of a fresh constant, which Burn's
+    /// fusion fuses with the work after it, where `is_nan` would launch a
+    /// kernel of its own.
+    ///
+    /// The two halves can be issued apart: the per-parameter step compares
+    /// the probe before its split and fills the constant after its direction
+    /// (docs/performance.md, "Fewer kernels, round five").
+    pub fn unless(kept: Tensor<B, 1, Bool>) -> Self {
+        let threshold =
+            Tensor::<B, 1>::full([1], f64::INFINITY, &kept.device()).mask_fill(kept, f64::NEG_INFINITY);
         Self { threshold }
     }
 
@@ -128,13 +143,17 @@ mod tests {
         values.into_iter().map(f32::to_bits).collect()
     }
 
-    /// The verdict on a step whose gradient holds `gradient`, taken both ways:
-    /// from the boolean flag and from probes (of it and of a finite tensor).
-    fn verdicts(gradient: [f32; 2]) -> [Rollback<NdArray<f32>>; 2] {
+    /// The verdict on a step whose gradient holds `gradient`, taken every
+    /// way: from the boolean flag, from probes (of it and of a finite tensor)
+    /// and, as the per-parameter step does, from the comparison of its
+    /// flattened probe.
+    fn verdicts(gradient: [f32; 2]) -> [Rollback<NdArray<f32>>; 3] {
         let grad = Tensor::<NdArray<f32>, 2>::from_floats([gradient], &Default::default());
+        let flat = crate::layout::flatten(grad.clone());
         [
             Rollback::new(non_finite(&grad)),
             Rollback::from_probes(vec![non_finite_probe(grad.ones_like()), non_finite_probe(grad)]),
+            Rollback::unless(probe_is_finite(non_finite_probe(flat))),
         ]
     }
 

@@ -43,7 +43,7 @@ use super::state::{factors_mismatch, tensor_bytes};
 use super::FactorGroup;
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
-use crate::layout::{stack, unstack_flat, BlockLayout};
+use crate::layout::{flatten, stack, unstack_flat, BlockLayout};
 
 /// The state of a [`BatchedOptimizer`], also its Burn record.
 ///
@@ -255,12 +255,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<'_, B> {
             };
             let tensor = param.val().inner().to_device(&device);
             let shape = tensor.dims().to_vec();
-            let numel = tensor.shape().num_elements();
             self.entries.push(Entry {
                 id: param.id,
                 shape,
-                param: tensor.reshape([numel]),
-                grad: grad.reshape([numel]),
+                param: flatten(tensor),
+                grad: flatten(grad),
             });
         }
     }

@@ -202,6 +202,12 @@ pub(crate) fn step<B: Backend, const D: usize>(
     // the parameter's shape in the state.
     let dims = tensor.dims();
     let grad = flatten(grad);
+    // The guard's probe and its comparison first, before the split reads the
+    // gradient: issued later, they hang off the split's un-fusable slices and
+    // run one operation per kernel (docs/performance.md, "Fewer kernels,
+    // round five").
+    let kept = (options.non_finite_gradients == NonFiniteGradients::Skip)
+        .then(|| guard::probe_is_finite(guard::non_finite_probe(grad.clone())));
     let tensor = flatten(tensor);
     let graft_buffer = new.graft.take().map(flatten);
     let momentum_buffer = new.momentum.take().map(flatten);
@@ -231,14 +237,12 @@ pub(crate) fn step<B: Backend, const D: usize>(
         Some(out) => layout.assemble(out.into_iter().map(flatten).collect(), [layout.numel()]),
         None => grad.clone(),
     };
-    // The verdict is issued after the direction: its threshold (a fresh
-    // constant filled under the probe's comparison) is the first operation
-    // that joins two independent chains, where Burn's fusion ends the stream
-    // it is exploring, so that the tail starts a stream of its own and fuses
-    // (the work before it hangs off the un-fusable reshapes and slices of
-    // the split; docs/performance.md, "Fewer kernels, round four").
-    let rollback = (options.non_finite_gradients == NonFiniteGradients::Skip)
-        .then(|| guard::Rollback::from_probe(guard::non_finite_probe(grad.clone())));
+    // The verdict's threshold is filled after the direction: its masked fill
+    // of a fresh constant is where Burn's fusion ends the stream it is
+    // exploring, so that the tail starts a stream of its own and fuses (the
+    // work before it hangs off the un-fusable reshapes and slices of the
+    // split; docs/performance.md, "Fewer kernels, round four").
+    let rollback = kept.map(guard::Rollback::unless);
     let (param, graft, momentum) = finish(
         options,
         lr,
@@ -271,27 +275,27 @@ pub(crate) fn check_learning_rate(lr: f64) {
 /// (the non-finite guard) each goes back to its value before the step where
 /// the flag is set.
 ///
-/// Both front ends call it with every tensor flattened (`D = 1`): Burn
-/// 0.21's fusion fuses a reduction with the element-wise work around it only
-/// along the last axis of tensors of one shape, so at a weight's own shape
-/// the whole-tensor sums of the grafting take one reduction per axis, each a
-/// kernel of its own, where on flat tensors the tail can be one fused kernel
+/// Both front ends run it on flattened tensors: Burn 0.21's fusion fuses a
+/// reduction with the element-wise work around it only along the last axis
+/// of tensors of one shape, so at a weight's own shape the whole-tensor sums
+/// of the grafting take one reduction per axis, each a kernel of its own,
+/// where on flat tensors the tail can be one fused kernel
 /// (docs/performance.md, "Fewer kernels, round four"). Not `[1, numel]` rows:
 /// under `CUBECL_AUTOTUNE_LEVEL=minimal` a cached fused reduction of Burn
 /// 0.21 on rows panics at launch and leaves the fusion queue undrained
 /// (docs/performance.md, "Why the rows version failed under minimal
 /// autotune").
 #[allow(clippy::too_many_arguments)] // The step's inputs, each used once.
-pub(crate) fn finish<B: Backend, const D: usize>(
+pub(crate) fn finish<B: Backend>(
     options: &Options,
     lr: f64,
-    tensor: Tensor<B, D>,
-    grad: &Tensor<B, D>,
-    direction: Tensor<B, D>,
-    graft_buffer: Option<Tensor<B, D>>,
-    momentum_buffer: Option<Tensor<B, D>>,
+    tensor: Tensor<B, 1>,
+    grad: &Tensor<B, 1>,
+    direction: Tensor<B, 1>,
+    graft_buffer: Option<Tensor<B, 1>>,
+    momentum_buffer: Option<Tensor<B, 1>>,
     rollback: Option<&guard::Rollback<B>>,
-) -> (Tensor<B, D>, Option<Tensor<B, D>>, Option<Tensor<B, D>>) {
+) -> (Tensor<B, 1>, Option<Tensor<B, 1>>, Option<Tensor<B, 1>>) {
     let before = rollback.map(|_| (tensor.clone(), graft_buffer.clone(), momentum_buffer.clone()));
     let nesterov = options.nesterov.then_some(options.nesterov_style);
     // The momentum's decay first: issued after the grafting's norms, it would
@@ -350,11 +354,11 @@ pub(crate) fn keep_factors_if<B: Backend>(
 
 /// The non-finite guard on a graft or momentum buffer (a buffer created by
 /// this step falls back to zeros, what it would have started from).
-fn keep_buffer_if<B: Backend, const D: usize>(
+fn keep_buffer_if<B: Backend>(
     rollback: &guard::Rollback<B>,
-    new: Option<Tensor<B, D>>,
-    old: &Option<Tensor<B, D>>,
-) -> Option<Tensor<B, D>> {
+    new: Option<Tensor<B, 1>>,
+    old: &Option<Tensor<B, 1>>,
+) -> Option<Tensor<B, 1>> {
     new.map(|n| {
         let o = old.clone().unwrap_or_else(|| n.zeros_like());
         rollback.apply(n, o)
