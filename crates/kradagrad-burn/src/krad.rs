@@ -61,8 +61,19 @@ pub fn krad_star_update<B: Backend>(s: Tensor<B, 3>, gram: Tensor<B, 3>) -> Tens
 /// symmetrised, given `S C S` and `trace(C S)` (`[n, 1, 1]`).
 fn krad_star_step<B: Backend>(s: Tensor<B, 3>, sms: Tensor<B, 3>, trace: Tensor<B, 3>) -> Tensor<B, 3> {
     let d = s.dims()[1] as f64;
-    let denominator = trace.add_scalar(1.0).mul_scalar(d);
-    symmetrize(s - sms / denominator)
+    // The factor `d` as a fresh constant tensor rather than a scalar (the
+    // same values): multiplying by it joins two independent chains of
+    // operations, where Burn 0.21's fusion ends the stream it is exploring,
+    // so that the element-wise work below starts a stream of its own and
+    // fuses. Without it, that work hangs off the split's slices, which
+    // cannot fuse, and runs one operation per kernel (docs/performance.md,
+    // "Fewer kernels, round five").
+    let d = Tensor::<B, 3>::full(trace.dims(), d, &trace.device()).cast(trace.dtype());
+    let denominator = trace.add_scalar(1.0).mul(d);
+    // `sym(S - A / c) = sym(S) - sym(A) / c`, each operand symmetrised on its
+    // own: Burn's fusion reads a transposed operand only from a kernel's
+    // inputs, so transposing the difference would end the fused kernel.
+    symmetrize(s) - symmetrize(sms) / denominator
 }
 
 /// KrADagrad* update (section 3) of the mode-`i` inverse statistics `s`,
