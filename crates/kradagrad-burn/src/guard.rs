@@ -42,9 +42,10 @@ pub fn probe_is_finite<B: Backend>(probe: Tensor<B, 1>) -> Tensor<B, 1, Bool> {
 /// each goes back to its old value where the flag is set.
 ///
 /// Built once per step; [`Rollback::apply`] then costs one comparison and
-/// one select per tensor, both of which Burn's fusion fuses with the work
-/// that produced the new value (broadcasting the flag with `expand` would end
-/// the fused kernel).
+/// one select per tensor, element-wise work that Burn's fusion can fuse
+/// (broadcasting the flag with `expand` would end a fused kernel). In Burn
+/// 0.21 the selects of a step's tail still run in a kernel of their own after
+/// the fused tail (docs/performance.md, "Fewer kernels, round four").
 #[derive(Debug, Clone)]
 pub struct Rollback<B: Backend> {
     /// `+inf` when the step is rolled back, `-inf` when it is kept (`[1]`).
@@ -67,13 +68,14 @@ impl<B: Backend> Rollback<B> {
     }
 
     /// The verdict "rolled back unless `kept`" (`kept` from
-    /// [`probe_is_finite`]): a masked fill of a fresh constant, which Burn's
-    /// fusion fuses with the work after it, where `is_nan` would launch a
-    /// kernel of its own.
+    /// [`probe_is_finite`]): a masked fill of a fresh constant, a kernel Burn's
+    /// fusion can fuse, where `is_nan` would always launch one of its own.
     ///
     /// The two halves can be issued apart: the per-parameter step compares
-    /// the probe before its split and fills the constant after its direction
-    /// (docs/performance.md, "Fewer kernels, round five").
+    /// the probe before its split and fills the constant after its direction,
+    /// where the fill ends Burn's fusion stream so that the step's tail fuses;
+    /// the fill itself then runs in a kernel of its own (docs/performance.md,
+    /// "Fewer kernels, round five").
     pub fn unless(kept: Tensor<B, 1, Bool>) -> Self {
         let threshold =
             Tensor::<B, 1>::full([1], f64::INFINITY, &kept.device()).mask_fill(kept, f64::NEG_INFINITY);

@@ -68,8 +68,8 @@ fn krad_star_step<B: Backend>(s: Tensor<B, 3>, sms: Tensor<B, 3>, trace: Tensor<
     // fuses. Without it, that work hangs off the split's slices, which
     // cannot fuse, and runs one operation per kernel (docs/performance.md,
     // "Fewer kernels, round five").
-    let d = Tensor::<B, 3>::full(trace.dims(), d, &trace.device()).cast(trace.dtype());
-    let denominator = trace.add_scalar(1.0).mul(d);
+    let d_constant = Tensor::<B, 3>::full(trace.dims(), d, &trace.device()).cast(trace.dtype());
+    let denominator = trace.add_scalar(1.0).mul(d_constant);
     // `sym(S - A / c) = sym(S) - sym(A) / c`, each operand symmetrised on its
     // own: Burn's fusion reads a transposed operand only from a kernel's
     // inputs, so transposing the difference would end the fused kernel.
