@@ -427,10 +427,23 @@ pub fn non_finite_gradients_change_nothing<B: Backend>(device: &B::Device) {
         .with_grafting(Grafting::Adam)
         .with_weight_decay(0.01);
     skip_non_finite::<B, _>(star.build(), device);
+    // Statistics every other step: the bad gradients fall on steps with and
+    // without a statistics update, where the step issues the guard's probe
+    // at different points.
+    let star_amortized = KradagradStarConfig::new()
+        .with_block_size(Some(4))
+        .with_statistics_compute_steps(2)
+        .with_preconditioning_compute_steps(2);
+    skip_non_finite::<B, _>(star_amortized.build(), device);
     let mm = KradagradConfig::new()
         .with_block_size(Some(4))
         .with_preconditioning_compute_steps(2);
     skip_non_finite::<B, _>(mm.build(), device);
+    let mm_amortized = KradagradConfig::new()
+        .with_block_size(Some(4))
+        .with_statistics_compute_steps(2)
+        .with_preconditioning_compute_steps(2);
+    skip_non_finite::<B, _>(mm_amortized.build(), device);
     let shampoo = ShampooConfig::new()
         .with_block_size(Some(4))
         .with_preconditioning_compute_steps(2)

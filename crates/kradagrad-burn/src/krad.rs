@@ -34,6 +34,16 @@ fn sum_per_matrix<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
     a.reshape([n, 1, rows * cols]).sum_dim(2)
 }
 
+/// Per-row dot products of two `[n, k]` batches, as a `[n, 1, 1]` tensor:
+/// one batched `[1, k] x [k, 1]` product. On Burn's fusion backends this is a
+/// single kernel where a product and a sum would be two, the product running
+/// alone when its operands come from a kernel fusion cannot join
+/// (docs/performance.md, "Fewer kernels, round six").
+fn row_dots<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [n, k] = a.dims();
+    a.reshape([n, 1, k]).matmul(b.reshape([n, 1, k]).swap_dims(1, 2))
+}
+
 /// Per-matrix Frobenius norm, as a `[n, 1, 1]` tensor.
 pub fn frobenius_norm<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
     sum_per_matrix(a.square()).sqrt()
@@ -61,15 +71,16 @@ pub fn krad_star_update<B: Backend>(s: Tensor<B, 3>, gram: Tensor<B, 3>) -> Tens
 /// symmetrised, given `S C S` and `trace(C S)` (`[n, 1, 1]`).
 fn krad_star_step<B: Backend>(s: Tensor<B, 3>, sms: Tensor<B, 3>, trace: Tensor<B, 3>) -> Tensor<B, 3> {
     let d = s.dims()[1] as f64;
-    // The factor `d` as a fresh constant tensor rather than a scalar (the
-    // same values): multiplying by it joins two independent chains of
-    // operations, where Burn 0.21's fusion ends the stream it is exploring,
-    // so that the element-wise work below starts a stream of its own and
+    // `d (1 + trace)` as `d trace + d`, the trace first multiplied by `d` as
+    // a fresh constant tensor rather than a scalar (the same values):
+    // multiplying by it joins two independent chains of operations, where
+    // Burn 0.21's fusion ends the stream it is exploring, so that the
+    // element-wise work below (`+ d` included) starts a stream of its own and
     // fuses. Without it, that work hangs off the split's slices, which
     // cannot fuse, and runs one operation per kernel (docs/performance.md,
-    // "Fewer kernels, round five").
+    // "Fewer kernels, round five" and "round six").
     let d_constant = Tensor::<B, 3>::full(trace.dims(), d, &trace.device()).cast(trace.dtype());
-    let denominator = trace.add_scalar(1.0).mul(d_constant);
+    let denominator = trace.mul(d_constant).add_scalar(d);
     // `sym(S - A / c) = sym(S) - sym(A) / c`, each operand symmetrised on its
     // own: Burn's fusion reads a transposed operand only from a kernel's
     // inputs, so transposing the difference would end the fused kernel.
@@ -94,13 +105,13 @@ pub fn krad_star_update_from_blocks<B: Backend>(
     block_dims: &[usize],
     i: usize,
 ) -> Tensor<B, 3> {
-    let [n, d, _] = s.dims();
+    let d = s.dims()[1];
     let m = blocks.dims()[1] / d;
     if m >= 2 * d {
         return krad_star_update(s, mode_gram(blocks, block_dims, i));
     }
     let y = mode_product(blocks.clone(), s.clone(), block_dims, i);
-    let trace = (blocks * y.clone()).sum_dim(1).reshape([n, 1, 1]);
+    let trace = row_dots(blocks, y.clone());
     krad_star_step(s, mode_gram(y, block_dims, i), trace)
 }
 

@@ -25,6 +25,17 @@ pub(crate) enum Variant {
 }
 
 impl Variant {
+    /// Whether the step taken after `step` steps updates the statistics: the
+    /// one schedule that phase one follows and that the step reads ahead to
+    /// place the guard's probe (KrADagrad counts from 0, the others from 1).
+    pub(crate) fn statistics_due(self, step: usize, options: &Options) -> bool {
+        let tau = match self {
+            Variant::Kradagrad => step,
+            _ => step + 1,
+        };
+        tau.is_multiple_of(options.statistics_compute_steps)
+    }
+
     /// Scale of the initial statistic (`scale * I`).
     pub(crate) fn initial_scale(self, options: &Options) -> f64 {
         match self {
@@ -205,9 +216,15 @@ pub(crate) fn step<B: Backend, const D: usize>(
     // The guard's probe and its comparison first, before the split reads the
     // gradient: issued later, they hang off the split's un-fusable slices and
     // run one operation per kernel (docs/performance.md, "Fewer kernels,
-    // round five").
-    let kept = (options.non_finite_gradients == NonFiniteGradients::Skip)
-        .then(|| guard::probe_is_finite(guard::non_finite_probe(grad.clone())));
+    // round five"). Except when a KrAD update of the statistics is due: it
+    // ends Burn's fusion stream (see `krad_star_step`), which would run the
+    // probe with the split; issued after it, the probe fuses, and the
+    // threshold's fill ends the stream again before the tail (round six).
+    let skip = options.non_finite_gradients == NonFiniteGradients::Skip;
+    let probe_after_statistics =
+        variant != Variant::Shampoo && layout.rank() > 0 && variant.statistics_due(new.step, options);
+    let probe = |grad: &Tensor<B, 1>| guard::probe_is_finite(guard::non_finite_probe(grad.clone()));
+    let mut kept = (skip && !probe_after_statistics).then(|| probe(&grad));
     let tensor = flatten(tensor);
     let graft_buffer = new.graft.take().map(flatten);
     let momentum_buffer = new.momentum.take().map(flatten);
@@ -230,6 +247,9 @@ pub(crate) fn step<B: Backend, const D: usize>(
         &blocks,
         &mut touched,
     );
+    if skip && kept.is_none() {
+        kept = Some(probe(&grad));
+    }
     if let Some(refresh) = &plan.refresh {
         refresh_roots(vec![(&mut new.groups[..], refresh)], options);
     }
@@ -439,12 +459,13 @@ fn kronecker_update<B: Backend>(
     blocks: &[Tensor<B, 2>],
     touched: &mut Touched,
 ) -> StepPlan<B> {
+    let statistics_due = variant.statistics_due(*factors.step, options);
     *factors.step += 1;
     let tau = *factors.step;
     if rank == 0 {
         return StepPlan::gradient();
     }
-    if tau.is_multiple_of(options.statistics_compute_steps) {
+    if statistics_due {
         for ((group, dims), b) in factors.groups.iter_mut().zip(block_dims).zip(blocks) {
             for (i, statistic) in group.statistics.iter_mut().enumerate() {
                 let s = statistic.clone();

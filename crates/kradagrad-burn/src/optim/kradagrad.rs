@@ -76,7 +76,7 @@ pub(crate) fn update_statistics<B: Backend>(
     let groups = factors.groups;
     // On a statistics step: the dim, and the gradient with every other mode preconditioned.
     let mut partial: Option<(usize, Vec<Tensor<B, 2>>)> = None;
-    if t.is_multiple_of(options.statistics_compute_steps) {
+    if Variant::Kradagrad.statistics_due(t, options) {
         let i = dim_for_step(t, dims);
         let tilde: Vec<_> = blocks
             .iter()
