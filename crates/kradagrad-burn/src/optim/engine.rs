@@ -218,8 +218,9 @@ pub(crate) fn step<B: Backend, const D: usize>(
     // run one operation per kernel (docs/performance.md, "Fewer kernels,
     // round five"). Except when a KrAD update of the statistics is due: it
     // ends Burn's fusion stream (see `krad_star_step`), which would run the
-    // probe with the split; issued after it, the probe fuses, and the
-    // threshold's fill ends the stream again before the tail (round six).
+    // probe with the split; issued after the direction instead, the probe
+    // fuses into one kernel, and the threshold's fill that reads it ends the
+    // stream before the tail again (round six).
     let skip = options.non_finite_gradients == NonFiniteGradients::Skip;
     let probe_after_statistics =
         variant != Variant::Shampoo && layout.rank() > 0 && variant.statistics_due(new.step, options);
@@ -247,9 +248,6 @@ pub(crate) fn step<B: Backend, const D: usize>(
         &blocks,
         &mut touched,
     );
-    if skip && kept.is_none() {
-        kept = Some(probe(&grad));
-    }
     if let Some(refresh) = &plan.refresh {
         refresh_roots(vec![(&mut new.groups[..], refresh)], options);
     }
@@ -257,6 +255,9 @@ pub(crate) fn step<B: Backend, const D: usize>(
         Some(out) => layout.assemble(out.into_iter().map(flatten).collect(), [layout.numel()]),
         None => grad.clone(),
     };
+    if skip && kept.is_none() {
+        kept = Some(probe(&grad));
+    }
     // The verdict's threshold is filled after the direction: its masked fill
     // of a fresh constant is where Burn's fusion ends the stream it is
     // exploring, so that the tail starts a stream of its own and fuses (the
