@@ -34,16 +34,6 @@ fn sum_per_matrix<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
     a.reshape([n, 1, rows * cols]).sum_dim(2)
 }
 
-/// Per-row dot products of two `[n, k]` batches, as a `[n, 1, 1]` tensor:
-/// one batched `[1, k] x [k, 1]` product. On Burn's fusion backends this is a
-/// single kernel where a product and a sum would be two, the product running
-/// alone when its operands come from a kernel fusion cannot join
-/// (docs/performance.md, "Fewer kernels, round six").
-fn row_dots<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 3> {
-    let [n, k] = a.dims();
-    a.reshape([n, 1, k]).matmul(b.reshape([n, 1, k]).swap_dims(1, 2))
-}
-
 /// Per-matrix Frobenius norm, as a `[n, 1, 1]` tensor.
 pub fn frobenius_norm<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
     sum_per_matrix(a.square()).sqrt()
@@ -111,7 +101,8 @@ pub fn krad_star_update_from_blocks<B: Backend>(
         return krad_star_update(s, mode_gram(blocks, block_dims, i));
     }
     let y = mode_product(blocks.clone(), s.clone(), block_dims, i);
-    let trace = row_dots(blocks, y.clone());
+    let n = blocks.dims()[0];
+    let trace = (blocks * y.clone()).sum_dim(1).reshape([n, 1, 1]);
     krad_star_step(s, mode_gram(y, block_dims, i), trace)
 }
 
