@@ -72,7 +72,8 @@ impl<B: Backend> Rollback<B> {
     /// fusion can fuse, where `is_nan` would always launch one of its own.
     ///
     /// The two halves can be issued apart: the per-parameter step compares
-    /// the probe before its split and fills the constant after its direction,
+    /// the probe before its split (after its direction on a KrAD statistics
+    /// step) and fills the constant after its direction,
     /// where the fill ends Burn's fusion stream so that the step's tail fuses;
     /// the fill itself then runs in a kernel of its own (docs/performance.md,
     /// "Fewer kernels, round five").

@@ -95,13 +95,12 @@ pub fn krad_star_update_from_blocks<B: Backend>(
     block_dims: &[usize],
     i: usize,
 ) -> Tensor<B, 3> {
-    let d = s.dims()[1];
+    let [n, d, _] = s.dims();
     let m = blocks.dims()[1] / d;
     if m >= 2 * d {
         return krad_star_update(s, mode_gram(blocks, block_dims, i));
     }
     let y = mode_product(blocks.clone(), s.clone(), block_dims, i);
-    let n = blocks.dims()[0];
     let trace = (blocks * y.clone()).sum_dim(1).reshape([n, 1, 1]);
     krad_star_step(s, mode_gram(y, block_dims, i), trace)
 }

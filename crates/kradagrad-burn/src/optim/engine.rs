@@ -216,11 +216,12 @@ pub(crate) fn step<B: Backend, const D: usize>(
     // The guard's probe and its comparison first, before the split reads the
     // gradient: issued later, they hang off the split's un-fusable slices and
     // run one operation per kernel (docs/performance.md, "Fewer kernels,
-    // round five"). Except when a KrAD update of the statistics is due: it
-    // ends Burn's fusion stream (see `krad_star_step`), which would run the
-    // probe with the split; issued after the direction instead, the probe
-    // fuses into one kernel, and the threshold's fill that reads it ends the
-    // stream before the tail again (round six).
+    // round five"). Except when a KrAD update of the statistics is due
+    // (KrADagrad*, KrADagrad): the update runs the gradient before the probe
+    // would (KrADagrad*'s ends the stream, see `krad_star_step`), so issued
+    // after the direction the probe is one kernel, and the threshold's fill
+    // that reads it ends the stream before the tail; for Shampoo it cost
+    // kernels (round six).
     let skip = options.non_finite_gradients == NonFiniteGradients::Skip;
     let probe_after_statistics =
         variant != Variant::Shampoo && layout.rank() > 0 && variant.statistics_due(new.step, options);
