@@ -71,6 +71,10 @@ use kradagrad_burn_suite::mlp::Mlp;
 const AUTOENCODER: [usize; 9] = [784, 1000, 500, 250, 30, 250, 500, 1000, 784];
 const BATCH: usize = 100;
 
+/// The `newton_convergence_check` of the early-exit rows: a flag read back
+/// every second Newton iteration of a root stage.
+const EARLY_EXIT_CHECK: usize = 2;
+
 fn env_list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name)
         .unwrap_or_else(|_| default.into())
@@ -338,6 +342,20 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
             "KrADagrad* (eigh roots)",
             KradagradStarConfig::new().with_root_method(RootMethod::Eigh)
         );
+        // Newton roots whose stages end once every matrix has converged (a
+        // flag read back every `EARLY_EXIT_CHECK` iterations): the same roots.
+        row!(
+            "Shampoo (early-exit roots)",
+            ShampooConfig::new().with_newton_convergence_check(EARLY_EXIT_CHECK)
+        );
+        row!(
+            "KrADagrad* (early-exit roots)",
+            KradagradStarConfig::new().with_newton_convergence_check(EARLY_EXIT_CHECK)
+        );
+        row!(
+            "KrADagrad (early-exit roots)",
+            KradagradConfig::new().with_newton_convergence_check(EARLY_EXIT_CHECK)
+        );
         // The whole-model front end: factors stacked across parameters by block shape.
         row!("Shampoo (batched)", ShampooConfig::new(), init_batched);
         row!("KrADagrad* (batched)", KradagradStarConfig::new(), init_batched);
@@ -469,6 +487,20 @@ fn quadratic<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut
     );
     row!("KrADagrad*", KradagradStarConfig::new());
     row!("KrADagrad", KradagradConfig::new());
+    row!(
+        "Shampoo (Newton root, early exit)",
+        ShampooConfig::new()
+            .with_grafting(Grafting::SgdNorm)
+            .with_newton_convergence_check(EARLY_EXIT_CHECK)
+    );
+    row!(
+        "KrADagrad* (early-exit roots)",
+        KradagradStarConfig::new().with_newton_convergence_check(EARLY_EXIT_CHECK)
+    );
+    row!(
+        "KrADagrad (early-exit roots)",
+        KradagradConfig::new().with_newton_convergence_check(EARLY_EXIT_CHECK)
+    );
 }
 
 /// Batched `[blocks, b, b]` matmuls in one KrADagrad* step on a 2-D weight

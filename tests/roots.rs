@@ -167,3 +167,114 @@ fn batches_with_shared_stages_get_the_roots_of_separate_runs() {
         }
     }
 }
+
+/// A schedule with a convergence check reads one flag per check and ends a
+/// stage once every matrix is frozen: the roots, per-matrix iteration counts
+/// and residuals are bit-identical to the fixed schedule's (iterations on
+/// frozen matrices are no-ops), and fewer iterations run.
+#[test]
+fn a_convergence_check_ends_stages_early_with_identical_roots() {
+    use burn::tensor::Tensor;
+    use kradagrad_burn::roots::{staged_newton_root, NewtonSchedule};
+    type F = NdArray<f32>;
+    let device = Default::default();
+    let spd = |d, cond, seed| to_tensor::<F>(&random_spd(d, cond, seed), &device);
+    let batch = Tensor::cat(vec![spd(32, 1e2, 11), spd(32, 1e4, 12), spd(32, 3.0, 13)], 0);
+    let values = |t: Tensor<F, 3>| t.into_data().to_vec::<f32>().unwrap();
+    let flat = |t: Tensor<F, 1>| t.into_data().to_vec::<f32>().unwrap();
+    for spec in [
+        RootSpec::positive(4),
+        RootSpec::positive(2),
+        RootSpec::inverse(4, 1e-6),
+    ] {
+        let fixed = staged_newton_root(batch.clone(), spec, ITERATIONS);
+        for every in [1, 3] {
+            let schedule = NewtonSchedule::fixed(ITERATIONS).with_convergence_check(every);
+            let checked = staged_newton_root(batch.clone(), spec, schedule);
+            assert!(
+                checked.iterations_run < fixed.iterations_run,
+                "{spec:?}, check every {every}: ran {} of {}",
+                checked.iterations_run,
+                fixed.iterations_run
+            );
+            assert_eq!(
+                flat(checked.iterations.clone()),
+                flat(fixed.iterations.clone()),
+                "{spec:?}"
+            );
+            assert_eq!(
+                flat(checked.residual.clone()),
+                flat(fixed.residual.clone()),
+                "{spec:?}"
+            );
+            assert_eq!(values(checked.root), values(fixed.root.clone()), "{spec:?}");
+        }
+    }
+}
+
+/// The optimizers' `newton_convergence_check` reaches the roots: training with
+/// it gives bit-identical parameters (roots refreshed every other step).
+#[test]
+fn optimizers_with_a_convergence_check_train_identically() {
+    use burn::optim::SimpleOptimizer;
+    use burn::tensor::{Distribution, Tensor};
+    use kradagrad_burn::{KradagradConfig, KradagradStarConfig, ShampooConfig};
+    type F = NdArray<f32>;
+    fn run<O: SimpleOptimizer<F>>(optimizer: O) -> Vec<f32> {
+        let device = Default::default();
+        let mut w = Tensor::<F, 2>::random([40, 24], Distribution::Normal(0.0, 1.0), &device);
+        let mut state = None;
+        for step in 0..6 {
+            let g = Tensor::<F, 2>::random([40, 24], Distribution::Normal(0.0, 1.0), &device)
+                .mul_scalar(1.0 + step as f64);
+            let (next, s) = optimizer.step(1e-2, w, g, state);
+            w = next;
+            state = s;
+        }
+        w.into_data().to_vec::<f32>().unwrap()
+    }
+    // The same gradients for both runs of a pair: the backend's seed is reset.
+    fn pair<O: SimpleOptimizer<F>>(name: &str, fixed: O, checked: O) {
+        <F as burn::tensor::backend::Backend>::seed(&Default::default(), 5);
+        let a = run(fixed);
+        <F as burn::tensor::backend::Backend>::seed(&Default::default(), 5);
+        let b = run(checked);
+        assert_eq!(a, b, "{name}");
+    }
+    pair(
+        "KrADagrad*",
+        KradagradStarConfig::new()
+            .with_block_size(Some(16))
+            .with_preconditioning_compute_steps(2)
+            .build(),
+        KradagradStarConfig::new()
+            .with_block_size(Some(16))
+            .with_preconditioning_compute_steps(2)
+            .with_newton_convergence_check(2)
+            .build(),
+    );
+    pair(
+        "KrADagrad",
+        KradagradConfig::new()
+            .with_block_size(Some(16))
+            .with_preconditioning_compute_steps(2)
+            .build(),
+        KradagradConfig::new()
+            .with_block_size(Some(16))
+            .with_preconditioning_compute_steps(2)
+            .with_newton_convergence_check(2)
+            .build(),
+    );
+    pair(
+        "Shampoo",
+        ShampooConfig::new()
+            .with_block_size(Some(16))
+            .with_preconditioning_compute_steps(2)
+            .build(),
+        ShampooConfig::new()
+            .with_block_size(Some(16))
+            .with_preconditioning_compute_steps(2)
+            .with_newton_convergence_check(2)
+            .build(),
+    );
+}

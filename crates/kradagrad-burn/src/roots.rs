@@ -8,7 +8,7 @@
 //! which reproduces the reference implementation's numerics.
 
 use burn::config::Config;
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, DType, ElementConversion, Tensor};
 
 use crate::krad::{symmetrize, symmetrize_scaled};
 use crate::layout::{stack, unstack};
@@ -66,19 +66,58 @@ impl RootSpec {
     }
 }
 
+/// How many Newton iterations a root stage may run, and whether it may end
+/// early. A plain `usize` converts to the fixed schedule with that cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewtonSchedule {
+    /// At most this many iterations per stage ([`newton_iteration_bound`] may
+    /// allow fewer).
+    pub max_iterations: usize,
+    /// Every this many iterations, read back whether every matrix of the
+    /// stage has converged (frozen), and end the stage if so. `0`: never read,
+    /// run the full count with no host synchronisation. The result is the
+    /// same either way: iterations on frozen matrices change nothing.
+    pub convergence_check: usize,
+}
+
+impl NewtonSchedule {
+    /// The fixed schedule: up to `max_iterations` per stage, nothing read back.
+    pub fn fixed(max_iterations: usize) -> Self {
+        Self {
+            max_iterations,
+            convergence_check: 0,
+        }
+    }
+
+    /// The same cap, with a convergence check every `every` iterations (`0`:
+    /// none).
+    pub fn with_convergence_check(self, every: usize) -> Self {
+        Self {
+            convergence_check: every,
+            ..self
+        }
+    }
+}
+
+impl From<usize> for NewtonSchedule {
+    fn from(max_iterations: usize) -> Self {
+        Self::fixed(max_iterations)
+    }
+}
+
 /// Computes the root described by `spec` of every matrix in `a` (`[n, d, d]`,
 /// symmetric positive definite).
 ///
-/// `max_iterations` bounds the Newton iterations (ignored by the
-/// eigendecomposition methods).
+/// `schedule` bounds the Newton iterations (a `usize` is the fixed cap; see
+/// [`NewtonSchedule`]); the eigendecomposition methods ignore it.
 pub fn matrix_root<B: Backend>(
     a: Tensor<B, 3>,
     spec: RootSpec,
     method: RootMethod,
-    max_iterations: usize,
+    schedule: impl Into<NewtonSchedule>,
 ) -> Tensor<B, 3> {
     match method {
-        RootMethod::Newton => staged_newton_root(a, spec, max_iterations).root,
+        RootMethod::Newton => staged_newton_root(a, spec, schedule).root,
         RootMethod::Eigh | RootMethod::EighF64 => eigh_root(a, spec, method == RootMethod::EighF64),
     }
 }
@@ -91,10 +130,10 @@ pub fn matrix_root<B: Backend>(
 pub fn matrix_roots<B: Backend>(
     inputs: Vec<(Tensor<B, 3>, RootSpec)>,
     method: RootMethod,
-    max_iterations: usize,
+    schedule: impl Into<NewtonSchedule>,
 ) -> Vec<Tensor<B, 3>> {
     match method {
-        RootMethod::Newton => staged_newton_roots(inputs, max_iterations),
+        RootMethod::Newton => staged_newton_roots(inputs, schedule),
         RootMethod::Eigh | RootMethod::EighF64 => inputs
             .into_iter()
             .map(|(a, spec)| eigh_root(a, spec, method == RootMethod::EighF64))
@@ -150,21 +189,25 @@ fn matrix_power<B: Backend>(t: Tensor<B, 3>, e: u32) -> Tensor<B, 3> {
 pub fn staged_newton_root<B: Backend>(
     a: Tensor<B, 3>,
     spec: RootSpec,
-    max_iterations: usize,
+    schedule: impl Into<NewtonSchedule>,
 ) -> NewtonRoot<B> {
+    let schedule = schedule.into();
     let mut root = a;
     let mut iterations: Option<Tensor<B, 1>> = None;
     let mut residual = None;
+    let mut iterations_run = 0;
     for (stage_spec, condition) in stage_specs(spec, round_off(&root)) {
-        let stage = bounded_newton_root(root, stage_spec, max_iterations, condition);
+        let stage = bounded_newton_root(root, stage_spec, schedule, condition);
         root = stage.root;
         iterations = Some(iterations.map_or(stage.iterations.clone(), |t| t + stage.iterations));
         residual = Some(stage.residual);
+        iterations_run += stage.iterations_run;
     }
     NewtonRoot {
         root,
         iterations: iterations.expect("at least one stage"),
         residual: residual.expect("at least one stage"),
+        iterations_run,
     }
 }
 
@@ -179,8 +222,9 @@ pub fn staged_newton_root<B: Backend>(
 /// [`staged_newton_root`] run batch by batch.
 pub fn staged_newton_roots<B: Backend>(
     inputs: Vec<(Tensor<B, 3>, RootSpec)>,
-    max_iterations: usize,
+    schedule: impl Into<NewtonSchedule>,
 ) -> Vec<Tensor<B, 3>> {
+    let schedule = schedule.into();
     let mut jobs: Vec<StagedJob<B>> = inputs
         .into_iter()
         .map(|(a, spec)| StagedJob {
@@ -194,7 +238,7 @@ pub fn staged_newton_roots<B: Backend>(
         let counts: Vec<usize> = members.iter().map(|&j| jobs[j].matrices.dims()[0]).collect();
         let stacked = stack(members.iter().map(|&j| jobs[j].matrices.clone()).collect());
         let (_, _, (stage_spec, condition)) = due;
-        let roots = bounded_newton_root(stacked, stage_spec, max_iterations, condition).root;
+        let roots = bounded_newton_root(stacked, stage_spec, schedule, condition).root;
         for (&j, root) in members.iter().zip(unstack(roots, &counts)) {
             jobs[j].matrices = root;
             jobs[j].next += 1;
@@ -276,13 +320,19 @@ pub fn newton_stages(spec: RootSpec, round_off: f64) -> Vec<(u32, f64)> {
 /// (the new iterate is discarded: past the fp32 round-off floor the plain
 /// iteration diverges, section 7), once it stops halving below 0.1 (it has
 /// reached its round-off floor), or once it falls below the precision's
-/// round-off level. Frozen matrices still ride along in the batched matmuls,
-/// so the cost is fixed and nothing is read back; the number of iterations
-/// run is `max_iterations` or [`newton_iteration_bound`] for the input's
-/// precision, whichever is smaller.
-pub fn newton_root<B: Backend>(a: Tensor<B, 3>, spec: RootSpec, max_iterations: usize) -> NewtonRoot<B> {
+/// round-off level. Frozen matrices still ride along in the batched matmuls.
+/// With the fixed schedule the cost is fixed and nothing is read back: the
+/// number of iterations run is the schedule's `max_iterations` or
+/// [`newton_iteration_bound`] for the input's precision, whichever is
+/// smaller. A schedule with a convergence check ends sooner once every matrix
+/// is frozen, with the same result.
+pub fn newton_root<B: Backend>(
+    a: Tensor<B, 3>,
+    spec: RootSpec,
+    schedule: impl Into<NewtonSchedule>,
+) -> NewtonRoot<B> {
     let condition = 1.0 / round_off(&a);
-    bounded_newton_root(a, spec, max_iterations, condition)
+    bounded_newton_root(a, spec, schedule.into(), condition)
 }
 
 /// Iterations the coupled Newton iteration for a `p`-th root needs, at most,
@@ -322,7 +372,7 @@ pub fn newton_iteration_bound(order: u32, d: usize, condition: f64, tolerance: f
 fn bounded_newton_root<B: Backend>(
     a: Tensor<B, 3>,
     spec: RootSpec,
-    max_iterations: usize,
+    schedule: NewtonSchedule,
     condition: f64,
 ) -> NewtonRoot<B> {
     let [n, d, _] = a.dims();
@@ -367,7 +417,10 @@ fn bounded_newton_root<B: Backend>(
     // (exact for the power-of-two orders the optimizers use).
     let shifted_identity = identity.clone().mul_scalar(pf + 1.0);
     let zero_matrices = identity.zeros_like();
-    for _ in 0..max_iterations.min(bound) {
+    let iteration_count = schedule.max_iterations.min(bound);
+    let mut iterations_run = 0;
+    for k in 1..=iteration_count {
+        iterations_run = k;
         let t = shifted_identity.clone() - m.clone();
         let t_pm1 = matrix_power(t.clone(), p - 1);
         // The order below is the one Burn's fusion turns into the fewest
@@ -402,12 +455,25 @@ fn bounded_newton_root<B: Backend>(
         let x_next = symmetrize_scaled(x_product, x_scale);
         x = x_next.mask_where(keep_matrix.clone(), x);
         m = m_next.mask_where(keep_matrix, m);
+        // Optional early end (the only host read of a root computation): once
+        // every matrix is frozen, the remaining iterations are no-ops.
+        let every = schedule.convergence_check;
+        if every > 0 && k % every == 0 && k < iteration_count && all_frozen(frozen.clone()) {
+            break;
+        }
     }
     NewtonRoot {
         root: x,
         iterations: iterations.reshape([n]),
         residual: error.reshape([n]),
+        iterations_run,
     }
+}
+
+/// Whether every `[n, 1, 1]` freeze flag is set: reads one scalar back to the host.
+#[allow(clippy::disallowed_methods)] // Only with a convergence check, which the user opts into.
+fn all_frozen<B: Backend>(frozen: Tensor<B, 3>) -> bool {
+    frozen.min().into_scalar().elem::<f64>() > 0.5
 }
 
 /// The result of [`newton_root`], everything still on the device.
@@ -419,6 +485,9 @@ pub struct NewtonRoot<B: Backend> {
     pub iterations: Tensor<B, 1>,
     /// Final residual `||M - I||_F` of each matrix, `[n]`.
     pub residual: Tensor<B, 1>,
+    /// Iterations the batch ran, all stages (known on the host: the loop
+    /// count; below the bound only when a convergence check ended a stage).
+    pub iterations_run: usize,
 }
 
 /// `t^(1/p)` for positive scalars `t` (`[n, 1, 1]`), good to f32 precision in
@@ -577,7 +646,7 @@ mod tests {
             shift: 0.0,
             floor: 0.0,
         };
-        let root = bounded_newton_root(a, square_root, 10_000, 1e30);
+        let root = bounded_newton_root(a, square_root, NewtonSchedule::fixed(10_000), 1e30);
         let taken = root.iterations.into_scalar();
         let bound = newton_iteration_bound(2, d, 1e6, f64::EPSILON);
         assert!(taken <= bound as f64, "took {taken} iterations, bound {bound}");

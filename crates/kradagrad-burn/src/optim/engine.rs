@@ -421,7 +421,7 @@ pub(crate) fn refresh_roots<B: Backend>(
             owners.push((r, members));
         }
     }
-    let roots = matrix_roots(inputs, options.root_method, options.newton_iterations);
+    let roots = matrix_roots(inputs, options.root_method, options.newton_schedule());
     for ((r, members), roots) in owners.into_iter().zip(roots) {
         let groups = &mut *requests[r].0;
         let counts: Vec<_> = members
