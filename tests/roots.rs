@@ -222,10 +222,14 @@ fn optimizers_with_a_convergence_check_train_identically() {
     type F = NdArray<f32>;
     fn run<O: SimpleOptimizer<F>>(optimizer: O) -> Vec<f32> {
         let device = Default::default();
-        let mut w = Tensor::<F, 2>::random([40, 24], Distribution::Normal(0.0, 1.0), &device);
+        // Explicit f32: the process's default float type is whichever backend
+        // created a tensor first (another test may have used f64).
+        let f32 = burn::tensor::DType::F32;
+        let mut w = Tensor::<F, 2>::random([40, 24], Distribution::Normal(0.0, 1.0), &device).cast(f32);
         let mut state = None;
         for step in 0..6 {
             let g = Tensor::<F, 2>::random([40, 24], Distribution::Normal(0.0, 1.0), &device)
+                .cast(f32)
                 .mul_scalar(1.0 + step as f64);
             let (next, s) = optimizer.step(1e-2, w, g, state);
             w = next;
