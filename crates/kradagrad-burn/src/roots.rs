@@ -308,8 +308,9 @@ pub fn newton_stages(spec: RootSpec, round_off: f64) -> Vec<(u32, f64)> {
 
 /// Coupled Newton iteration for `A^(-1/p)` or `A^(1/p)`.
 ///
-/// With `M_0 = z A` (`z = (p+1) / (2 ||A||_F)`, so every eigenvalue of `M_0`
-/// lies in `(0, (p+1)/2]`) and `T_k = ((p+1) I - M_k) / p`:
+/// With `M_0 = z A` (`z = (p+1) / (2 lambda)`, `lambda` the Wolkowicz-Styan
+/// upper bound on the largest eigenvalue, at most `||A||_F`, so every
+/// eigenvalue of `M_0` lies in `(0, (p+1)/2]`) and `T_k = ((p+1) I - M_k) / p`:
 /// `M_{k+1} = T_k^p M_k -> I` and, for the inverse root,
 /// `X_{k+1} = X_k T_k -> A^(-1/p)` from `X_0 = z^(1/p) I`. For the positive root
 /// the iterate `Y_k = A X_k^(p-1)` obeys `Y_{k+1} = Y_k T_k^(p-1) -> A^(1/p)` from
@@ -385,14 +386,17 @@ fn bounded_newton_root<B: Backend>(
     } else {
         symmetrize(a)
     };
-    // Guard against an all-zero matrix (z would be infinite): its root is 0
-    // (positive) and undefined (inverse); the optimizers never pass one.
-    let norm = crate::krad::frobenius_norm(a.clone()).clamp_min(f64::MIN_POSITIVE.sqrt());
     // Scale so that every eigenvalue of M_0 = s^p A lies in (0, (p+1)/2]:
-    // s ~ z^(1/p) with z = (p+1) / (2 ||A||_F). Only M_0 = X_0^p A must hold
-    // exactly, not the value of s, so s is taken in f32 (GPU shading languages
-    // have no f64 `pow`/`exp`/`log`) and its powers by multiplication.
-    let z = norm.recip().mul_scalar((pf + 1.0) / 2.0); // [n, 1, 1]
+    // s ~ z^(1/p) with z = (p+1) / (2 lambda), lambda an upper bound on A's
+    // largest eigenvalue (`largest_eigenvalue_bound`: close to it for a
+    // narrow spectrum, so a near-scalar statistic starts next to
+    // convergence). Only M_0 = X_0^p A must hold exactly, not the value of s,
+    // so s is taken in f32 (GPU shading languages have no f64
+    // `pow`/`exp`/`log`) and its powers by multiplication. The clamp guards
+    // against an all-zero matrix (z would be infinite): its root is 0
+    // (positive) and undefined (inverse); the optimizers never pass one.
+    let largest = largest_eigenvalue_bound(a.clone(), identity.clone()).clamp_min(f64::MIN_POSITIVE.sqrt());
+    let z = largest.recip().mul_scalar((pf + 1.0) / 2.0); // [n, 1, 1]
     let s = scalar_root(z, p);
     let s_pm1 = scalar_power(s.clone(), p - 1);
     let mut m = a.clone() * (s_pm1.clone() * s.clone());
@@ -468,6 +472,27 @@ fn bounded_newton_root<B: Backend>(
         residual: error.reshape([n]),
         iterations_run,
     }
+}
+
+/// An upper bound on the largest eigenvalue of each symmetric matrix in `a`
+/// (`identity` of its shape), `[n, 1, 1]`: the Wolkowicz-Styan bound
+/// `m + sqrt((d - 1) (||A||_F^2 / d - m^2))` with `m = tr(A) / d`, never above
+/// `||A||_F` (the scale the iteration used before) and equal to the eigenvalue
+/// for a multiple of the identity. In floating point the difference under the
+/// root can lose up to a few `u ||A||_F^2` (`u` the unit round-off) and
+/// understate the spread, so `4 u ||A||_F^2` is added to it; the result is
+/// capped at `||A||_F`.
+fn largest_eigenvalue_bound<B: Backend>(a: Tensor<B, 3>, identity: Tensor<B, 3>) -> Tensor<B, 3> {
+    let d = a.dims()[1] as f64;
+    let u = round_off(&a);
+    let norm = crate::krad::frobenius_norm(a.clone());
+    let norm_sq = norm.clone().square();
+    let mean = crate::krad::trace_of_product(a, identity).div_scalar(d);
+    let spread_sq = (norm_sq.clone().div_scalar(d) - mean.clone().square())
+        .clamp_min(0.0)
+        .mul_scalar(d - 1.0)
+        + norm_sq.mul_scalar(4.0 * u);
+    (mean + spread_sq.sqrt()).min_pair(norm)
 }
 
 /// Whether every `[n, 1, 1]` freeze flag is set: reads one scalar back to the host.
