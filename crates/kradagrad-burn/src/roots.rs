@@ -342,9 +342,9 @@ pub fn newton_root<B: Backend>(
 ///
 /// It is computed on the host by running the iteration's scalar map,
 /// `mu <- mu ((p + 1 - mu) / p)^p`, from the two extreme starting
-/// eigenvalues: `(p + 1) / 2` for the largest (when `||A||_F` equals it) and
-/// `(p + 1) / (2 sqrt(d) condition)` for the smallest (`||A||_F <= sqrt(d)
-/// lambda_max`). Small eigenvalues grow by `((p + 1) / p)^p` (2.25 for a
+/// eigenvalues: `(p + 1) / 2` for the largest (when the start scale equals
+/// it) and `(p + 1) / (2 sqrt(d) condition)` for the smallest (the scale is at
+/// most `||A||_F <= sqrt(d) lambda_max`). Small eigenvalues grow by `((p + 1) / p)^p` (2.25 for a
 /// square root) per iteration before the quadratic phase, so the bound is
 /// about `log(sqrt(d) condition) / log(((p + 1) / p)^p)` plus five. The
 /// optimizers take `condition` as the reciprocal round-off of the float
