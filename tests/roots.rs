@@ -245,40 +245,18 @@ fn optimizers_with_a_convergence_check_train_identically() {
         let b = run(checked);
         assert_eq!(a, b, "{name}");
     }
-    pair(
-        "KrADagrad*",
-        KradagradStarConfig::new()
-            .with_block_size(Some(16))
-            .with_preconditioning_compute_steps(2)
-            .build(),
-        KradagradStarConfig::new()
-            .with_block_size(Some(16))
-            .with_preconditioning_compute_steps(2)
-            .with_newton_convergence_check(2)
-            .build(),
-    );
-    pair(
-        "KrADagrad",
-        KradagradConfig::new()
-            .with_block_size(Some(16))
-            .with_preconditioning_compute_steps(2)
-            .build(),
-        KradagradConfig::new()
-            .with_block_size(Some(16))
-            .with_preconditioning_compute_steps(2)
-            .with_newton_convergence_check(2)
-            .build(),
-    );
-    pair(
-        "Shampoo",
-        ShampooConfig::new()
-            .with_block_size(Some(16))
-            .with_preconditioning_compute_steps(2)
-            .build(),
-        ShampooConfig::new()
-            .with_block_size(Some(16))
-            .with_preconditioning_compute_steps(2)
-            .with_newton_convergence_check(2)
-            .build(),
-    );
+    // Each optimizer with blocks of 16 and roots every other step, without
+    // and with a check every 2 iterations.
+    macro_rules! pair {
+        ($name:expr, $config:expr) => {{
+            let config = $config
+                .with_block_size(Some(16))
+                .with_preconditioning_compute_steps(2);
+            let checked = config.clone().with_newton_convergence_check(2);
+            pair($name, config.build(), checked.build());
+        }};
+    }
+    pair!("KrADagrad*", KradagradStarConfig::new());
+    pair!("KrADagrad", KradagradConfig::new());
+    pair!("Shampoo", ShampooConfig::new());
 }
