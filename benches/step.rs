@@ -347,8 +347,9 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
         row!("KrADagrad* (batched)", KradagradStarConfig::new(), init_batched);
         row!("KrADagrad (batched)", KradagradConfig::new(), init_batched);
         // Both: few stacks per refresh, so few host reads (the GPU candidate).
+        // No comma in a label: KRADAGRAD_BENCH_ROWS is a comma-separated list.
         row!(
-            "KrADagrad* (batched, early-exit roots)",
+            "KrADagrad* (batched with early-exit roots)",
             KradagradStarConfig::new().with_newton_convergence_check(EARLY_EXIT_CHECK),
             init_batched
         );
