@@ -204,9 +204,9 @@ macro_rules! preconditioned_config {
             /// so every stage runs its full iteration count without a host synchronisation.
             /// The roots are the same either way (a converged matrix is frozen, so the
             /// iterations skipped could not change it); only the work differs. On the
-            /// autoencoder of docs/performance.md a stage converges in 6 to 9 of its 17 to 27
-            /// iterations. A read costs nothing on a CPU backend and one device round trip on
-            /// a GPU, during root refreshes only. Default: `0`.
+            /// autoencoder of docs/performance.md a stage's matrices converge in 4 to 11 of its
+            /// 17 to 27 iterations. A read costs nothing on a CPU backend and one device round
+            /// trip on a GPU, during root refreshes only. Default: `0`.
             #[config(default = 0)]
             pub newton_convergence_check: usize,
             /// What a step does with a NaN or Inf gradient. Default: skip it.

@@ -344,9 +344,9 @@ pub fn newton_root<B: Backend>(
 /// `mu <- mu ((p + 1 - mu) / p)^p`, from the two extreme starting
 /// eigenvalues: `(p + 1) / 2` for the largest (when the start scale equals
 /// it) and `(p + 1) / (2 sqrt(d) condition)` for the smallest (the scale is at
-/// most `||A||_F <= sqrt(d) lambda_max`). Small eigenvalues grow by `((p + 1) / p)^p` (2.25 for a
-/// square root) per iteration before the quadratic phase, so the bound is
-/// about `log(sqrt(d) condition) / log(((p + 1) / p)^p)` plus five. The
+/// most `||A||_F <= sqrt(d) lambda_max`). Small eigenvalues grow by
+/// `((p + 1) / p)^p` (2.25 for a square root) per iteration before the
+/// quadratic phase, so the bound is about `log(sqrt(d) condition) / log(((p + 1) / p)^p)` plus five. The
 /// optimizers take `condition` as the reciprocal round-off of the float
 /// type (eigenvalues below it are noise in the stored statistic): 27
 /// iterations for an f32 square root at `d = 250` instead of a fixed cap.
@@ -422,9 +422,8 @@ fn bounded_newton_root<B: Backend>(
     let shifted_identity = identity.clone().mul_scalar(pf + 1.0);
     let zero_matrices = identity.zeros_like();
     let iteration_count = schedule.max_iterations.min(bound);
-    let mut iterations_run = 0;
+    let mut iterations_run = iteration_count;
     for k in 1..=iteration_count {
-        iterations_run = k;
         let t = shifted_identity.clone() - m.clone();
         let t_pm1 = matrix_power(t.clone(), p - 1);
         // The order below is the one Burn's fusion turns into the fewest
@@ -463,6 +462,7 @@ fn bounded_newton_root<B: Backend>(
         // every matrix is frozen, the remaining iterations are no-ops.
         let every = schedule.convergence_check;
         if every > 0 && k % every == 0 && k < iteration_count && all_frozen(frozen.clone()) {
+            iterations_run = k;
             break;
         }
     }
