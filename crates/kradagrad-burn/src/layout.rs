@@ -216,7 +216,7 @@ impl BlockLayout {
                 .all(|i| region.counts[i] == 1 || region.block_dims[..i].iter().product::<usize>() == 1)
         };
         if self.regions.len() == 1 && in_order(&self.regions[0]) {
-            return regions.into_iter().next().expect("one region").reshape(dims);
+            return reshape(regions.into_iter().next().expect("one region"), dims);
         }
         // Undo the blocking of every region.
         let mut flats: Vec<Option<Tensor<B, 1>>> = regions
@@ -238,7 +238,7 @@ impl BlockLayout {
                 Some(t)
             })
             .collect();
-        self.join(0, 0, &mut flats).reshape(dims)
+        reshape(self.join(0, 0, &mut flats), dims)
     }
 
     /// Concatenates the regions whose index starts with the digits chosen so
@@ -326,7 +326,7 @@ fn cat_middle<B: Backend>(pieces: Vec<(Tensor<B, 1>, usize)>, pre: usize, post: 
 fn swap_middle<B: Backend, const R: usize>(t: Tensor<B, R>, [a, b, c, d]: [usize; 4]) -> Tensor<B, 1> {
     let numel = a * b * c * d;
     if b == 1 || c == 1 {
-        return t.reshape([numel]);
+        return reshape(t, [numel]);
     }
     match (a == 1, d == 1) {
         (true, true) => t.reshape([b, c]).swap_dims(0, 1).reshape([numel]),
@@ -365,10 +365,32 @@ pub(crate) fn unstack<B: Backend, const R: usize>(
         .collect()
 }
 
-/// A tensor's entries as one axis (a view of a contiguous tensor).
+/// A tensor's entries as one axis (a view of a contiguous tensor; the
+/// tensor itself when it has one axis already, see [`reshape`]).
 pub fn flatten<B: Backend, const R: usize>(t: Tensor<B, R>) -> Tensor<B, 1> {
     let numel = t.shape().num_elements();
-    t.reshape([numel])
+    reshape(t, [numel])
+}
+
+/// `t` reshaped to `dims`, or `t` itself when it has that shape already.
+///
+/// Burn 0.21's burn-ndarray copies the whole tensor on every reshape, to the
+/// tensor's own shape too (its `reshape!` turns the borrowed view that
+/// `to_shape` returns into an owned array; fixed upstream after 0.21, in
+/// tracel-ai/burn pull request 5067), where a CubeCL backend only rewrites
+/// the shape. So the layout's reshapes that may be identities go through
+/// this, and an identity costs nothing on either (docs/performance.md,
+/// "Reshapes that copy on burn-ndarray").
+pub fn reshape<B: Backend, const R: usize, const S: usize>(
+    t: Tensor<B, R>,
+    dims: [usize; S],
+) -> Tensor<B, S> {
+    if t.dims()[..] == dims[..] {
+        // Same rank and shape: only the rank in the type changes.
+        Tensor::from_primitive(t.into_primitive())
+    } else {
+        t.reshape(dims)
+    }
 }
 
 /// [`unstack`] of a `[batch, width]` stack into flat parts
@@ -478,6 +500,21 @@ mod tests {
 
     fn values<const R: usize>(t: Tensor<B, R>) -> Vec<f64> {
         t.into_data().to_vec::<f64>().unwrap()
+    }
+
+    #[test]
+    fn reshape_keeps_the_entries_and_skips_identities() {
+        let matrix: Tensor<B, 2> = iota(6).reshape([2, 3]);
+        // An identity (same rank and shape) hands the tensor back.
+        let same: Tensor<B, 2> = reshape(matrix.clone(), [2, 3]);
+        assert_eq!((same.dims(), values(same)), ([2, 3], values(matrix.clone())));
+        let flat = flatten(iota(6));
+        assert_eq!((flat.dims(), values(flat)), ([6], values(iota(6))));
+        // Anything else is Burn's reshape: same entries, in row-major order.
+        let cube: Tensor<B, 3> = reshape(matrix.clone(), [3, 1, 2]);
+        assert_eq!((cube.dims(), values(cube)), ([3, 1, 2], values(iota(6))));
+        let transposed: Tensor<B, 2> = reshape(matrix.swap_dims(0, 1), [2, 3]);
+        assert_eq!(values(transposed), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
     }
 
     #[test]

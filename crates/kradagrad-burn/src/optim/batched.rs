@@ -43,7 +43,7 @@ use super::state::{factors_mismatch, tensor_bytes};
 use super::FactorGroup;
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
-use crate::layout::{flatten, stack, unstack_flat, BlockLayout};
+use crate::layout::{flatten, reshape, stack, unstack_flat, BlockLayout};
 
 /// The state of a [`BatchedOptimizer`], also its Burn record.
 ///
@@ -275,7 +275,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Writer<B> {
         let (id, tensor, mapper) = param.consume();
         let tensor = match self.updated.remove(&id) {
             Some(flat) => {
-                let updated = Tensor::from_inner(flat.reshape(tensor.dims()));
+                let updated = Tensor::from_inner(reshape(flat, tensor.dims()));
                 if tensor.is_require_grad() {
                     updated.require_grad()
                 } else {

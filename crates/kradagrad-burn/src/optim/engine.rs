@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::{kradagrad, kradagrad_star, shampoo, FactorGroup, PreconditionerState};
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
-use crate::layout::{flatten, mode_gram, mode_product, stack, unstack, BlockLayout};
+use crate::layout::{flatten, mode_gram, mode_product, reshape, stack, unstack, BlockLayout};
 use crate::roots::{matrix_roots, RootSpec};
 use crate::transforms::{accumulate_graft, add_momentum, decay_momentum, graft, WeightDecayStyle};
 
@@ -278,9 +278,9 @@ pub(crate) fn step<B: Backend, const D: usize>(
     if let Some(rollback) = &rollback {
         keep_factors_if(rollback, &mut new.groups, &old.groups, &touched);
     }
-    new.graft = graft.map(|t| t.reshape(dims));
-    new.momentum = momentum.map(|t| t.reshape(dims));
-    (param.reshape(dims), Some(new))
+    new.graft = graft.map(|t| reshape(t, dims));
+    new.momentum = momentum.map(|t| reshape(t, dims));
+    (reshape(param, dims), Some(new))
 }
 
 /// Panics unless the learning rate is positive and finite.
@@ -441,6 +441,18 @@ pub(crate) fn apply_factors<B: Backend>(
     block_dims: &[usize],
     skip: Option<usize>,
 ) -> Tensor<B, 2> {
+    if let ([d0, d1], [left, right], None) = (block_dims, roots, skip) {
+        // Matrix blocks: `L X R` on `[blocks, d0, d1]`, the same two products
+        // as the fold below, without reshaping the intermediate to
+        // `[blocks, numel]` and back (two copies of it on burn-ndarray; see
+        // `layout::reshape`).
+        let n = blocks.dims()[0];
+        return left
+            .clone()
+            .matmul(blocks.reshape([n, *d0, *d1]))
+            .matmul(right.clone())
+            .reshape([n, d0 * d1]);
+    }
     roots
         .iter()
         .enumerate()
