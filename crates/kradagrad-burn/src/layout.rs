@@ -393,14 +393,17 @@ pub fn reshape<B: Backend, const R: usize, const S: usize>(
     }
 }
 
-/// [`unstack`] of a `[batch, width]` stack into flat parts
-/// (`[count * width]`), the stack flattened first: a rank-lowering reshape
-/// right after the work that computed the stack, not in the fused work that
-/// reads the parts (see [`BlockLayout::assemble`]).
-pub(crate) fn unstack_flat<B: Backend>(stacked: Tensor<B, 2>, counts: &[usize]) -> Vec<Tensor<B, 1>> {
-    let width = stacked.dims()[1];
+/// [`unstack`] of a flattened `[batch, width]` stack into flat parts
+/// (`[count * width]`). The stack comes flattened from the work that
+/// computed it: a rank-lowering reshape right after that work, not in the
+/// fused work that reads the parts (see [`BlockLayout::assemble`]).
+pub(crate) fn unstack_flat<B: Backend>(
+    stacked: Tensor<B, 1>,
+    width: usize,
+    counts: &[usize],
+) -> Vec<Tensor<B, 1>> {
     let lengths: Vec<usize> = counts.iter().map(|&n| n * width).collect();
-    unstack(flatten(stacked), &lengths)
+    unstack(stacked, &lengths)
 }
 
 /// `(pre, d, post)`: the block axes before mode `i`, mode `i`'s size, and the

@@ -576,7 +576,12 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             };
             for (group, preconditioned) in class.groups.iter().zip(result) {
                 let counts: Vec<_> = group.members.iter().map(|m| m.blocks).collect();
-                for (m, part) in group.members.iter().zip(unstack_flat(preconditioned, &counts)) {
+                let width = group.block_dims.iter().product();
+                for (m, part) in group
+                    .members
+                    .iter()
+                    .zip(unstack_flat(preconditioned, width, &counts))
+                {
                     let slot =
                         out[m.param].get_or_insert_with(|| vec![None; plan.layouts[m.param].regions.len()]);
                     slot[m.region] = Some(part);

@@ -139,14 +139,15 @@ pub(crate) fn update_statistics<B: Backend>(
     }
 }
 
-/// Phase three of a step: the preconditioned blocks, or `None` when the
-/// direction is the raw gradient.
+/// Phase three of a step: the preconditioned blocks of each group, flattened
+/// (`[blocks * block_numel]`, the form both front ends assemble from), or
+/// `None` when the direction is the raw gradient.
 pub(crate) fn precondition<B: Backend>(
     plan: StepPlan<B>,
     groups: &[FactorGroup<B>],
     block_dims: &[&[usize]],
     blocks: Vec<Tensor<B, 2>>,
-) -> Option<Vec<Tensor<B, 2>>> {
+) -> Option<Vec<Tensor<B, 1>>> {
     match plan.direction {
         Direction::Gradient => None,
         Direction::Full => Some(
@@ -154,14 +155,14 @@ pub(crate) fn precondition<B: Backend>(
                 .into_iter()
                 .zip(groups)
                 .zip(block_dims)
-                .map(|((b, group), bd)| apply_factors(b, &group.roots, bd, None))
+                .map(|((b, group), bd)| apply_all_factors_flat(b, &group.roots, bd))
                 .collect(),
         ),
         Direction::Partial {
             blocks: partial,
             finish: false,
             ..
-        } => Some(partial),
+        } => Some(partial.into_iter().map(flatten).collect()),
         Direction::Partial {
             dim,
             blocks: partial,
@@ -171,7 +172,7 @@ pub(crate) fn precondition<B: Backend>(
                 .into_iter()
                 .zip(groups)
                 .zip(block_dims)
-                .map(|((b, group), bd)| mode_product(b, group.roots[dim].clone(), bd, dim))
+                .map(|((b, group), bd)| flatten(mode_product(b, group.roots[dim].clone(), bd, dim)))
                 .collect(),
         ),
     }
@@ -253,7 +254,7 @@ pub(crate) fn step<B: Backend, const D: usize>(
         refresh_roots(vec![(&mut new.groups[..], refresh)], options);
     }
     let direction = match precondition(plan, &new.groups, &block_dims, blocks) {
-        Some(out) => layout.assemble(out.into_iter().map(flatten).collect(), [layout.numel()]),
+        Some(out) => layout.assemble(out, [layout.numel()]),
         None => grad.clone(),
     };
     if skip && kept.is_none() {
@@ -434,30 +435,42 @@ pub(crate) fn refresh_roots<B: Backend>(
     }
 }
 
-/// Applies every factor to every block: mode `i` multiplied by `roots[i]`.
+/// Applies every factor to every block: mode `i` multiplied by `roots[i]`
+/// (every mode but `skip`).
 pub(crate) fn apply_factors<B: Backend>(
     blocks: Tensor<B, 2>,
     roots: &[Tensor<B, 3>],
     block_dims: &[usize],
     skip: Option<usize>,
 ) -> Tensor<B, 2> {
-    if let ([d0, d1], [left, right], None) = (block_dims, roots, skip) {
-        // Matrix blocks: `L X R` on `[blocks, d0, d1]`, the same two products
-        // as the fold below, without reshaping the intermediate to
-        // `[blocks, numel]` and back (two copies of it on burn-ndarray; see
-        // `layout::reshape`).
-        let n = blocks.dims()[0];
-        return left
-            .clone()
-            .matmul(blocks.reshape([n, *d0, *d1]))
-            .matmul(right.clone())
-            .reshape([n, d0 * d1]);
-    }
     roots
         .iter()
         .enumerate()
         .filter(|(i, _)| Some(*i) != skip)
         .fold(blocks, |b, (i, p)| mode_product(b, p.clone(), block_dims, i))
+}
+
+/// [`apply_factors`] on every mode, the result flattened
+/// (`[blocks * block_numel]`).
+fn apply_all_factors_flat<B: Backend>(
+    blocks: Tensor<B, 2>,
+    roots: &[Tensor<B, 3>],
+    block_dims: &[usize],
+) -> Tensor<B, 1> {
+    if let ([d0, d1], [left, right]) = (block_dims, roots) {
+        // Matrix blocks: `L X R` on `[blocks, d0, d1]`, the same two products
+        // as the fold, flattened straight from the product: the fold's
+        // reshapes of the intermediate to `[blocks, numel]` and back, and of
+        // the result to `[blocks, numel]`, are each a copy on burn-ndarray
+        // (see `layout::reshape`).
+        let n = blocks.dims()[0];
+        return left
+            .clone()
+            .matmul(blocks.reshape([n, *d0, *d1]))
+            .matmul(right.clone())
+            .reshape([n * d0 * d1]);
+    }
+    flatten(apply_factors(blocks, roots, block_dims, None))
 }
 
 /// Phase one for KrADagrad* and Shampoo (sections 3 and 5): every factor of
