@@ -169,19 +169,29 @@ impl BlockLayout {
                         extents[i] = ext;
                     }
                 }
-                // 2. Move each dim's chunk index out to the batch axis.
+                // 2. Move each dim's chunk index out to the batch axis; the
+                //    last move lands at `[blocks, block_numel]` (a flat result
+                //    reshaped would be one more copy on burn-ndarray, see
+                //    [`reshape`]).
                 let numel = region.num_blocks() * region.block_numel();
+                let mut swaps = vec![];
                 let mut batch = 1;
                 for i in 0..self.rank() {
                     let count = region.counts[i];
                     if count > 1 {
                         let pre: usize = region.block_dims[..i].iter().product();
-                        let rest = numel / (batch * pre * count);
-                        t = swap_middle(t, [batch, pre, count, rest]);
+                        swaps.push([batch, pre, count, numel / (batch * pre * count)]);
                         batch *= count;
                     }
                 }
-                t.reshape([batch, numel / batch])
+                let blocks = [batch, numel / batch];
+                match swaps.pop() {
+                    Some(last) => {
+                        let t = swaps.into_iter().fold(t, |t, swap| swap_middle(t, swap));
+                        swap_middle_to(t, last, blocks)
+                    }
+                    None => t.reshape(blocks),
+                }
             })
             .collect()
     }
@@ -323,16 +333,25 @@ fn cat_middle<B: Backend>(pieces: Vec<(Tensor<B, 1>, usize)>, pre: usize, post: 
 /// `a * b * c * d` entries, flattened, through the lowest-rank view that
 /// expresses it: nothing moves when `b` or `c` is 1, and size-1 outer axes
 /// are dropped (see [`narrow_middle`]).
-fn swap_middle<B: Backend, const R: usize>(t: Tensor<B, R>, [a, b, c, d]: [usize; 4]) -> Tensor<B, 1> {
-    let numel = a * b * c * d;
+fn swap_middle<B: Backend, const R: usize>(t: Tensor<B, R>, abcd: [usize; 4]) -> Tensor<B, 1> {
+    swap_middle_to(t, abcd, [abcd.iter().product()])
+}
+
+/// [`swap_middle`], the result reshaped to `dims` (holding `a * b * c * d`
+/// entries) by the reshape that moves the entries.
+fn swap_middle_to<B: Backend, const R: usize, const S: usize>(
+    t: Tensor<B, R>,
+    [a, b, c, d]: [usize; 4],
+    dims: [usize; S],
+) -> Tensor<B, S> {
     if b == 1 || c == 1 {
-        return reshape(t, [numel]);
+        return reshape(t, dims);
     }
     match (a == 1, d == 1) {
-        (true, true) => t.reshape([b, c]).swap_dims(0, 1).reshape([numel]),
-        (true, false) => t.reshape([b, c, d]).swap_dims(0, 1).reshape([numel]),
-        (false, true) => t.reshape([a, b, c]).swap_dims(1, 2).reshape([numel]),
-        (false, false) => t.reshape([a, b, c, d]).swap_dims(1, 2).reshape([numel]),
+        (true, true) => t.reshape([b, c]).swap_dims(0, 1).reshape(dims),
+        (true, false) => t.reshape([b, c, d]).swap_dims(0, 1).reshape(dims),
+        (false, true) => t.reshape([a, b, c]).swap_dims(1, 2).reshape(dims),
+        (false, false) => t.reshape([a, b, c, d]).swap_dims(1, 2).reshape(dims),
     }
 }
 
