@@ -488,18 +488,32 @@ pub fn mode_product<B: Backend>(
     block_dims: &[usize],
     i: usize,
 ) -> Tensor<B, 2> {
+    let [n, numel] = blocks.dims();
+    mode_product_as(blocks, factor, block_dims, i, [n, numel])
+}
+
+/// [`mode_product`], the result reshaped straight from the product to
+/// `dims` (e.g. flat, `[blocks * block_numel]`: reshaping the
+/// `[blocks, block_numel]` result again would be one more copy on
+/// burn-ndarray, see [`reshape`]).
+pub(crate) fn mode_product_as<B: Backend, const S: usize>(
+    blocks: Tensor<B, 2>,
+    factor: Tensor<B, 3>,
+    block_dims: &[usize],
+    i: usize,
+    dims: [usize; S],
+) -> Tensor<B, S> {
     let n = blocks.dims()[0];
     let (pre, d, post) = mode_split(block_dims, i);
-    let numel = pre * d * post;
     if pre == 1 {
-        factor.matmul(blocks.reshape([n, d, post])).reshape([n, numel])
+        factor.matmul(blocks.reshape([n, d, post])).reshape(dims)
     } else if post == 1 {
-        blocks.reshape([n, pre, d]).matmul(factor).reshape([n, numel])
+        blocks.reshape([n, pre, d]).matmul(factor).reshape(dims)
     } else {
         factor
             .unsqueeze_dim::<4>(1)
             .matmul(blocks.reshape([n, pre, d, post]))
-            .reshape([n, numel])
+            .reshape(dims)
     }
 }
 

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use super::{kradagrad, kradagrad_star, shampoo, FactorGroup, PreconditionerState};
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
-use crate::layout::{flatten, mode_gram, mode_product, reshape, stack, unstack, BlockLayout};
+use crate::layout::{
+    flatten, mode_gram, mode_product, mode_product_as, reshape, stack, unstack, BlockLayout,
+};
 use crate::roots::{matrix_roots, RootSpec};
 use crate::transforms::{accumulate_graft, add_momentum, decay_momentum, graft, WeightDecayStyle};
 
@@ -172,7 +174,10 @@ pub(crate) fn precondition<B: Backend>(
                 .into_iter()
                 .zip(groups)
                 .zip(block_dims)
-                .map(|((b, group), bd)| flatten(mode_product(b, group.roots[dim].clone(), bd, dim)))
+                .map(|((b, group), bd)| {
+                    let numel = b.shape().num_elements();
+                    mode_product_as(b, group.roots[dim].clone(), bd, dim, [numel])
+                })
                 .collect(),
         ),
     }
