@@ -346,7 +346,8 @@ pub fn newton_root<B: Backend>(
 /// it) and `(p + 1) / (2 sqrt(d) condition)` for the smallest (the scale is at
 /// most `||A||_F <= sqrt(d) lambda_max`). Small eigenvalues grow by
 /// `((p + 1) / p)^p` (2.25 for a square root) per iteration before the
-/// quadratic phase, so the bound is about `log(sqrt(d) condition) / log(((p + 1) / p)^p)` plus five. The
+/// quadratic phase, so the bound is about
+/// `log(sqrt(d) condition) / log(((p + 1) / p)^p)` plus five. The
 /// optimizers take `condition` as the reciprocal round-off of the float
 /// type (eigenvalues below it are noise in the stored statistic): 27
 /// iterations for an f32 square root at `d = 250` instead of a fixed cap.
