@@ -105,6 +105,12 @@ macro_rules! backend_tests {
             let Some(_guard) = $ready else { return };
             common::mismatched_state_after_load::<burn::backend::Autodiff<$f32>>(&$device);
         }
+
+        #[test]
+        fn large_tensors_graft_by_whole_tensor_norms() {
+            let Some(_guard) = $ready else { return };
+            common::large_tensors_graft_by_whole_tensor_norms::<burn::backend::Autodiff<$f32>>(&$device);
+        }
     };
 }
 
@@ -840,4 +846,138 @@ pub fn zoo_continue<B: AutodiffBackend, O: Optimizer<Zoo<B>, B>>(
         model = optimizer.step(lr, model, grads);
     }
     model
+}
+
+// ---------------------------------------------------------------- large tensors
+
+/// Two parameters of [`TAIL_ROWS_MIN_ENTRIES`](kradagrad_burn::layout::TAIL_ROWS_MIN_ENTRIES)
+/// entries, whose step tails run on `[rows, cols]` views
+/// (`kradagrad_burn::layout::tail_rows`): a matrix (its own view) and a vector
+/// (viewed as `[512, 512]`).
+#[derive(Module, Debug)]
+pub struct Large<B: Backend> {
+    matrix: Param<Tensor<B, 2>>,
+    vector: Param<Tensor<B, 1>>,
+}
+
+fn large<B: Backend>(device: &B::Device) -> Large<B> {
+    Large {
+        matrix: Param::from_tensor(normal([512, 512], 41, device)),
+        vector: Param::from_tensor(normal([512 * 512], 42, device)),
+    }
+}
+
+fn large_loss<B: Backend>(m: &Large<B>) -> Tensor<B, 1> {
+    let matrix = m.matrix.val().sub_scalar(1.0).square().mul_scalar(0.5).sum();
+    matrix + m.vector.val().sub_scalar(-1.0).square().mul_scalar(2.0).sum()
+}
+
+fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    t.to_data().convert::<f64>().to_vec::<f64>().unwrap()
+}
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// AdaGrad grafting's whole-tensor norms, checked on the host, on parameters
+/// large enough that the step's tail runs on `[rows, cols]` views (sums one
+/// axis at a time), for each optimizer through both front ends.
+///
+/// At step 1, before preconditioning starts, the direction is the gradient
+/// `g`, so the update is exactly `lr g |g / (sqrt(a) + eps)| / |g|` (`a` the
+/// sum of squared gradients): a norm over part of the tensor, or per row,
+/// would give other entries. Later steps rescale the direction (the gradient,
+/// then the preconditioned one) to the graft's norm, so
+/// `|update| = lr |g / (sqrt(a) + eps)|`. Roots by the host
+/// eigendecomposition: burn-ndarray runs Newton iterations on 65536 4x4
+/// matrices slowly, and the roots are not what this test is about.
+/// Then a NaN in one entry of the vector's gradient leaves the vector exactly
+/// as it was. Tolerance 1e-4, relative to the largest entry of the update or
+/// to its norm (f32 sums over 2^18 entries and parameter differences round
+/// at about 1e-6).
+pub fn large_tensors_graft_by_whole_tensor_norms<B: AutodiffBackend>(device: &B::Device) {
+    let (lr, eps, tolerance) = (0.1, 1e-6, 1e-4);
+    fn run<B: AutodiffBackend, O: Optimizer<Large<B>, B>>(
+        name: &str,
+        mut optimizer: O,
+        device: &B::Device,
+        (lr, eps, tolerance): (f64, f64, f64),
+    ) {
+        let mut model = large::<B>(device);
+        let mut accumulators = [vec![0.0; 512 * 512], vec![0.0; 512 * 512]];
+        for step in 1..=4 {
+            let grads = burn::optim::GradientsParams::from_grads(large_loss(&model).backward(), &model);
+            let g = [
+                host(grads.get::<B::InnerBackend, 2>(model.matrix.id).unwrap()),
+                host(grads.get::<B::InnerBackend, 1>(model.vector.id).unwrap()),
+            ];
+            let before = [host(model.matrix.val()), host(model.vector.val())];
+            model = optimizer.step(lr, model, grads);
+            let after = [host(model.matrix.val()), host(model.vector.val())];
+            for (p, label) in ["matrix", "vector"].into_iter().enumerate() {
+                let update: Vec<f64> = before[p].iter().zip(&after[p]).map(|(b, a)| b - a).collect();
+                for (a, x) in accumulators[p].iter_mut().zip(&g[p]) {
+                    *a += x * x;
+                }
+                let graft: Vec<f64> = g[p]
+                    .iter()
+                    .zip(&accumulators[p])
+                    .map(|(x, a)| x / (a.sqrt() + eps))
+                    .collect();
+                let gap = if step == 1 {
+                    let scale = lr * norm(&graft) / norm(&g[p]);
+                    let largest = g[p].iter().fold(0.0, |m: f64, x| m.max((scale * x).abs()));
+                    let worst = update
+                        .iter()
+                        .zip(&g[p])
+                        .fold(0.0, |m: f64, (u, x)| m.max((u - scale * x).abs()));
+                    worst / largest
+                } else {
+                    (norm(&update) - lr * norm(&graft)).abs() / (lr * norm(&graft))
+                };
+                assert!(
+                    gap <= tolerance,
+                    "{name}, {label}, step {step}: the update is {gap:e} off the graft norm's (> {tolerance:e})"
+                );
+            }
+        }
+        let mut grads = burn::optim::GradientsParams::from_grads(large_loss(&model).backward(), &model);
+        let mut values = host(grads.remove::<B::InnerBackend, 1>(model.vector.id).unwrap());
+        values[123_456] = f64::NAN;
+        let poisoned = Tensor::<B::InnerBackend, 1>::from_data(
+            TensorData::new(values, [512 * 512]),
+            (device, float_dtype::<B::InnerBackend>()),
+        );
+        grads.register(model.vector.id, poisoned);
+        let before = model.vector.val().to_data();
+        let model = optimizer.step(lr, model, grads);
+        assert_eq!(
+            model.vector.val().to_data(),
+            before,
+            "{name}: the vector moved on a NaN gradient"
+        );
+    }
+    macro_rules! both_front_ends {
+        ($name:expr, $config:expr) => {{
+            let config = $config
+                .with_block_size(Some(4))
+                .with_preconditioning_compute_steps(2)
+                .with_start_preconditioning_step(3)
+                .with_grafting(Grafting::AdaGrad)
+                .with_momentum(0.0)
+                .with_diagonal_eps(eps)
+                .with_root_method(RootMethod::Eigh);
+            run::<B, _>($name, config.init(), device, (lr, eps, tolerance));
+            run::<B, _>(
+                &format!("{} (batched)", $name),
+                config.init_batched(),
+                device,
+                (lr, eps, tolerance),
+            );
+        }};
+    }
+    both_front_ends!("kradagrad*", KradagradStarConfig::new());
+    both_front_ends!("kradagrad", KradagradConfig::new());
+    both_front_ends!("shampoo", ShampooConfig::new());
 }

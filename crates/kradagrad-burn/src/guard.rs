@@ -3,6 +3,9 @@
 
 use burn::tensor::{backend::Backend, Bool, Tensor};
 
+use crate::layout::{reshape, tail_rows};
+use crate::transforms::{as_row, sum_axes};
+
 /// A one-element flag: does `grad` hold a NaN or an Inf?
 ///
 /// `0 * x` is `0` for every finite `x` and NaN for an infinite or NaN `x`, so
@@ -18,16 +21,17 @@ pub fn non_finite<B: Backend, const D: usize>(grad: &Tensor<B, D>) -> Tensor<B, 
 /// NaN or an Inf (see [`non_finite`]); probes of several tensors add up to a
 /// probe of all of them (see [`Rollback::from_probes`]).
 ///
-/// A rank-1 tensor (a flattened gradient) is summed along its one axis, so
-/// that Burn's fusion fuses the probe with the work around it; others are
-/// summed as one `[1, numel]` row (see [`as_row`](crate::transforms::as_row)).
+/// A small tensor is summed by one reduction: a rank-1 tensor (a flattened
+/// gradient) along its one axis, so that Burn's fusion fuses the probe with
+/// the work around it, others as one `[1, numel]` row (see [`as_row`]). A
+/// large one (see [`tail_rows`]), where one reduction would run in a single
+/// GPU workgroup, is summed one axis at a time on its `[rows, cols]` view
+/// ([`sum_axes`]).
 pub fn non_finite_probe<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
-    match D {
-        1 => t.mul_scalar(0.0).sum_dim(0).reshape([1]),
-        _ => crate::transforms::as_row(t)
-            .mul_scalar(0.0)
-            .sum_dim(1)
-            .reshape([1]),
+    match (tail_rows(&t.dims()), D) {
+        (Some(rows), _) => sum_axes(reshape(t, rows).mul_scalar(0.0)).reshape([1]),
+        (None, 1) => t.mul_scalar(0.0).sum_dim(0).reshape([1]),
+        (None, _) => as_row(t).mul_scalar(0.0).sum_dim(1).reshape([1]),
     }
 }
 

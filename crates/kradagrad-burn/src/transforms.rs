@@ -106,15 +106,24 @@ pub fn graft<B: Backend, const D: usize>(
     direction * scale
 }
 
-/// The sum of the squared entries of a tensor, at the tensor's rank (`[1; D]`):
-/// one reduction per axis longer than 1, innermost first (the first one
-/// fuses with the squaring and the work before it).
+/// The sum of the squared entries of a tensor, at the tensor's rank (`[1; D]`;
+/// see [`sum_axes`]).
 fn sum_of_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    sum_axes(t.square())
+}
+
+/// The sum of a tensor's entries at the tensor's rank (`[1; D]`): one
+/// reduction per axis longer than 1, innermost first (the first one fuses
+/// with the element-wise work before it). Each reduction has as many outputs
+/// as the axes it leaves, so on a `[rows, cols]` view the sum is spread over
+/// the device (see [`tail_rows`](crate::layout::tail_rows)); on a flat tensor
+/// it is one reduction with one output.
+pub fn sum_axes<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     let dims = t.dims();
     (0..D)
         .rev()
         .filter(|&axis| dims[axis] > 1)
-        .fold(t.square(), |sum, axis| sum.sum_dim(axis))
+        .fold(t, |sum, axis| sum.sum_dim(axis))
 }
 
 /// Heavy-ball momentum with optional Nesterov (section 6). Returns the update

@@ -35,8 +35,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
 use super::engine::{
-    check_learning_rate, finish, keep_factors_if, precondition, refresh_roots, update_statistics, Factors,
-    Touched, Variant,
+    check_learning_rate, finish_flat, keep_factors_if, precondition, refresh_roots, update_statistics,
+    Factors, Touched, Variant,
 };
 use super::kradagrad::largest_dim;
 use super::state::{factors_mismatch, tensor_bytes};
@@ -621,9 +621,10 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             .collect();
         let mut params = Vec::with_capacity(entries.len());
         for ((p, entry), direction) in entries.iter().enumerate().zip(directions) {
-            let (param, graft, momentum) = finish(
+            let (param, graft, momentum) = finish_flat(
                 options,
                 lr,
+                &entry.shape,
                 entry.param.clone(),
                 &entry.grad,
                 direction,

@@ -10,7 +10,7 @@ use super::{kradagrad, kradagrad_star, shampoo, FactorGroup, PreconditionerState
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
 use crate::layout::{
-    flatten, mode_gram, mode_product, mode_product_as, reshape, stack, unstack, BlockLayout,
+    flatten, mode_gram, mode_product, mode_product_as, reshape, stack, tail_rows, unstack, BlockLayout,
 };
 use crate::roots::{matrix_roots, RootSpec};
 use crate::transforms::{accumulate_graft, add_momentum, decay_momentum, graft, WeightDecayStyle};
@@ -213,12 +213,31 @@ pub(crate) fn step<B: Backend, const D: usize>(
         ),
     };
 
+    // The step's tail runs on the tensors flattened, or on a `[rows, cols]`
+    // view for a large parameter (see `finish`); the buffers keep the
+    // parameter's shape in the state.
+    match tail_rows(&shape) {
+        None => step_in(options, variant, lr, tensor, grad, &layout, old, [layout.numel()]),
+        Some(rows) => step_in(options, variant, lr, tensor, grad, &layout, old, rows),
+    }
+}
+
+/// The rest of [`step`], with the step's tail on `tail` (see [`finish`]).
+#[allow(clippy::too_many_arguments)] // `step`'s inputs, each used once.
+fn step_in<B: Backend, const D: usize, const T: usize>(
+    options: &Options,
+    variant: Variant,
+    lr: f64,
+    tensor: Tensor<B, D>,
+    grad: Tensor<B, D>,
+    layout: &BlockLayout,
+    old: PreconditionerState<B, D>,
+    tail: [usize; T],
+) -> (Tensor<B, D>, Option<PreconditionerState<B, D>>) {
     let mut new = old.clone();
     let mut touched = Touched::none(layout.rank());
-    // The step runs on the flattened tensors (see `finish`); the buffers keep
-    // the parameter's shape in the state.
     let dims = tensor.dims();
-    let grad = flatten(grad);
+    let grad = reshape(grad, tail);
     // The guard's probe and its comparison first, before the split reads the
     // gradient: issued later, they hang off the split's un-fusable slices and
     // run one operation per kernel (docs/performance.md, "Fewer kernels,
@@ -231,14 +250,14 @@ pub(crate) fn step<B: Backend, const D: usize>(
     let skip = options.non_finite_gradients == NonFiniteGradients::Skip;
     let probe_after_statistics =
         variant != Variant::Shampoo && layout.rank() > 0 && variant.statistics_due(new.step, options);
-    let probe = |grad: &Tensor<B, 1>| guard::probe_is_finite(guard::non_finite_probe(grad.clone()));
+    let probe = |grad: &Tensor<B, T>| guard::probe_is_finite(guard::non_finite_probe(grad.clone()));
     let mut kept = (skip && !probe_after_statistics).then(|| probe(&grad));
-    let tensor = flatten(tensor);
-    let graft_buffer = new.graft.take().map(flatten);
-    let momentum_buffer = new.momentum.take().map(flatten);
+    let tensor = reshape(tensor, tail);
+    let graft_buffer = new.graft.take().map(|t| reshape(t, tail));
+    let momentum_buffer = new.momentum.take().map(|t| reshape(t, tail));
     let blocks = match layout.rank() {
         0 => vec![],
-        _ => layout.split(grad.clone()),
+        _ => layout.split(flatten(grad.clone())),
     };
     let block_dims: Vec<&[usize]> = layout.regions.iter().map(|r| r.block_dims.as_slice()).collect();
     let factors = Factors {
@@ -259,7 +278,7 @@ pub(crate) fn step<B: Backend, const D: usize>(
         refresh_roots(vec![(&mut new.groups[..], refresh)], options);
     }
     let direction = match precondition(plan, &new.groups, &block_dims, blocks) {
-        Some(out) => layout.assemble(out, [layout.numel()]),
+        Some(out) => layout.assemble(out, tail),
         None => grad.clone(),
     };
     if skip && kept.is_none() {
@@ -303,27 +322,32 @@ pub(crate) fn check_learning_rate(lr: f64) {
 /// (the non-finite guard) each goes back to its value before the step where
 /// the flag is set.
 ///
-/// Both front ends run it on flattened tensors: Burn 0.21's fusion fuses a
-/// reduction with the element-wise work around it only along the last axis
-/// of tensors of one shape, so at a weight's own shape the whole-tensor sums
-/// of the grafting take one reduction per axis, each a kernel of its own,
-/// where on flat tensors the tail can be one fused kernel
-/// (docs/performance.md, "Fewer kernels, round four"). Not `[1, numel]` rows:
-/// under `CUBECL_AUTOTUNE_LEVEL=minimal` a cached fused reduction of Burn
-/// 0.21 on rows panics at launch and leaves the fusion queue undrained
-/// (docs/performance.md, "Why the rows version failed under minimal
-/// autotune").
+/// Both front ends run it on flattened tensors, or, for a tensor of at least
+/// [`TAIL_ROWS_MIN_ENTRIES`](crate::layout::TAIL_ROWS_MIN_ENTRIES) entries, on
+/// its `[rows, cols]` view ([`tail_rows`]; see [`finish_flat`]). Flat: Burn 0.21's
+/// fusion fuses a reduction with the element-wise work around it only along
+/// the last axis of tensors of one shape, so at a weight's own shape the
+/// whole-tensor sums of the grafting take one reduction per axis, each a
+/// kernel of its own, where on flat tensors the tail can be one fused kernel
+/// (docs/performance.md, "Fewer kernels, round four"). But that kernel has
+/// one reduction row, which a CubeCL backend runs in one workgroup: on an H200
+/// it cost about 0.4 ns per entry, so large tensors take the few kernels more
+/// of the `[rows, cols]` view ("One workgroup per whole-tensor sum"). Not
+/// `[1, numel]` rows: under `CUBECL_AUTOTUNE_LEVEL=minimal` a cached fused
+/// reduction of Burn 0.21 on rows panics at launch and leaves the fusion
+/// queue undrained (docs/performance.md, "Why the rows version failed under
+/// minimal autotune").
 #[allow(clippy::too_many_arguments)] // The step's inputs, each used once.
-pub(crate) fn finish<B: Backend>(
+pub(crate) fn finish<B: Backend, const T: usize>(
     options: &Options,
     lr: f64,
-    tensor: Tensor<B, 1>,
-    grad: &Tensor<B, 1>,
-    direction: Tensor<B, 1>,
-    graft_buffer: Option<Tensor<B, 1>>,
-    momentum_buffer: Option<Tensor<B, 1>>,
+    tensor: Tensor<B, T>,
+    grad: &Tensor<B, T>,
+    direction: Tensor<B, T>,
+    graft_buffer: Option<Tensor<B, T>>,
+    momentum_buffer: Option<Tensor<B, T>>,
     rollback: Option<&guard::Rollback<B>>,
-) -> (Tensor<B, 1>, Option<Tensor<B, 1>>, Option<Tensor<B, 1>>) {
+) -> (Tensor<B, T>, Option<Tensor<B, T>>, Option<Tensor<B, T>>) {
     let before = rollback.map(|_| (tensor.clone(), graft_buffer.clone(), momentum_buffer.clone()));
     let nesterov = options.nesterov.then_some(options.nesterov_style);
     // The momentum's decay first: issued after the grafting's norms, it would
@@ -358,6 +382,47 @@ pub(crate) fn finish<B: Backend>(
     }
 }
 
+/// [`finish`] for a parameter of shape `shape` whose tensors come flattened
+/// (the batched front end's): on the flat tensors, or on their
+/// [`tail_rows`] view and flattened back.
+#[allow(clippy::too_many_arguments)] // The step's inputs, each used once.
+pub(crate) fn finish_flat<B: Backend>(
+    options: &Options,
+    lr: f64,
+    shape: &[usize],
+    tensor: Tensor<B, 1>,
+    grad: &Tensor<B, 1>,
+    direction: Tensor<B, 1>,
+    graft_buffer: Option<Tensor<B, 1>>,
+    momentum_buffer: Option<Tensor<B, 1>>,
+    rollback: Option<&guard::Rollback<B>>,
+) -> (Tensor<B, 1>, Option<Tensor<B, 1>>, Option<Tensor<B, 1>>) {
+    let Some(rows) = tail_rows(shape) else {
+        return finish(
+            options,
+            lr,
+            tensor,
+            grad,
+            direction,
+            graft_buffer,
+            momentum_buffer,
+            rollback,
+        );
+    };
+    let view = |t: Tensor<B, 1>| reshape(t, rows);
+    let (param, graft, momentum) = finish(
+        options,
+        lr,
+        view(tensor),
+        &view(grad.clone()),
+        view(direction),
+        graft_buffer.map(view),
+        momentum_buffer.map(view),
+        rollback,
+    );
+    (flatten(param), graft.map(flatten), momentum.map(flatten))
+}
+
 /// The non-finite guard on factors: every factor tensor a step wrote (see
 /// [`Touched`]) goes back to its old value under `rollback`.
 pub(crate) fn keep_factors_if<B: Backend>(
@@ -382,11 +447,11 @@ pub(crate) fn keep_factors_if<B: Backend>(
 
 /// The non-finite guard on a graft or momentum buffer (a buffer created by
 /// this step falls back to zeros, what it would have started from).
-fn keep_buffer_if<B: Backend>(
+fn keep_buffer_if<B: Backend, const T: usize>(
     rollback: &guard::Rollback<B>,
-    new: Option<Tensor<B, 1>>,
-    old: &Option<Tensor<B, 1>>,
-) -> Option<Tensor<B, 1>> {
+    new: Option<Tensor<B, T>>,
+    old: &Option<Tensor<B, T>>,
+) -> Option<Tensor<B, T>> {
     new.map(|n| {
         let o = old.clone().unwrap_or_else(|| n.zeros_like());
         rollback.apply(n, o)
