@@ -7,7 +7,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::layout::{mode_cross, mode_gram, mode_product};
+use crate::layout::{mode_cross, mode_gram, mode_product, TAIL_ROWS_MIN_ENTRIES};
 
 /// Symmetrises a batch of matrices: `(A + A^T) / 2`.
 pub fn symmetrize<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -28,10 +28,19 @@ pub fn trace_of_product<B: Backend>(a: Tensor<B, 3>, b_symmetric: Tensor<B, 3>) 
 
 /// Per-matrix sum of all entries, as a `[n, 1, 1]` tensor: one reduction
 /// over the flattened matrix (a reshape of the contiguous product), where
-/// summing rows then columns would launch two.
+/// summing rows then columns would launch two. Except for matrices of at
+/// least [`TAIL_ROWS_MIN_ENTRIES`] entries (the 1536x1536 statistic of
+/// section 8's quadratic): a CubeCL backend runs each output of a reduction
+/// in one workgroup, so those sum their rows first (`n * rows` outputs
+/// spread over the device) and then the row sums (docs/performance.md, "One
+/// workgroup per whole-tensor sum").
 fn sum_per_matrix<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
     let [n, rows, cols] = a.dims();
-    a.reshape([n, 1, rows * cols]).sum_dim(2)
+    if rows * cols >= TAIL_ROWS_MIN_ENTRIES {
+        a.sum_dim(2).sum_dim(1)
+    } else {
+        a.reshape([n, 1, rows * cols]).sum_dim(2)
+    }
 }
 
 /// Per-matrix Frobenius norm, as a `[n, 1, 1]` tensor.
@@ -172,6 +181,28 @@ mod tests {
     fn wave(n: usize, len: usize, phase: f64) -> Tensor<B, 2> {
         let v: Vec<f64> = (0..n * len).map(|k| (k as f64 * 0.37 + phase).sin()).collect();
         Tensor::from_data(TensorData::new(v, [n, len]), (&Default::default(), DType::F64))
+    }
+
+    #[test]
+    fn per_matrix_sums_on_both_sides_of_the_size_threshold() {
+        // [3, 5, 7]: one reduction per matrix; [2, 520, 520] (270400 entries
+        // each, over TAIL_ROWS_MIN_ENTRIES): rows first, then the row sums.
+        for [n, rows, cols] in [[3, 5, 7], [2, 520, 520]] {
+            let len = rows * cols;
+            let a = wave(n, len, 0.5).reshape([n, rows, cols]);
+            let expected: Vec<f64> = values(wave(n, len, 0.5))
+                .chunks(len)
+                .map(|m| m.iter().map(|x| x * x).sum::<f64>().sqrt())
+                .collect();
+            let norms = frobenius_norm(a);
+            assert_eq!(norms.dims(), [n, 1, 1]);
+            for (got, want) in values(norms).iter().zip(&expected) {
+                assert!(
+                    (got - want).abs() <= 1e-12 * want,
+                    "{rows}x{cols}: {got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]
