@@ -44,8 +44,17 @@ pub enum WeightDecayStyle {
 }
 
 /// Frobenius norm of a whole tensor, as a one-element tensor on its device.
+///
+/// One reduction of the `[1, numel]` row for a small tensor; a large one (see
+/// [`tail_rows`](crate::layout::tail_rows)) is summed one axis at a time on
+/// its `[rows, cols]` view, since a reduction with one output runs in one GPU
+/// workgroup.
 pub fn norm<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
-    as_row(t).square().sum_dim(1).sqrt().reshape([1])
+    let squares = match crate::layout::tail_rows(&t.dims()) {
+        Some(rows) => sum_axes(crate::layout::reshape(t, rows).square()),
+        None => as_row(t).square().sum_dim(1),
+    };
+    squares.sqrt().reshape([1])
 }
 
 /// The tensor as one row, `[1, numel]` (a view of a contiguous tensor).
@@ -229,6 +238,24 @@ mod tests {
         // No momentum: no buffer.
         let (u, m) = apply_momentum(0.0, Some(NesterovStyle::Textbook), None, t(2.0));
         assert_eq!((v(u), m.is_none()), (2.0, true));
+    }
+
+    #[test]
+    fn norm_of_small_and_large_tensors() {
+        // [3, 4]: one row; [600, 500] (over TAIL_ROWS_MIN_ENTRIES): per axis.
+        for [rows, cols] in [[3, 4], [600, 500]] {
+            let values: Vec<f64> = (0..rows * cols).map(|k| (k as f64 * 0.37).sin()).collect();
+            let expected = values.iter().map(|x| x * x).sum::<f64>().sqrt();
+            let tensor = Tensor::<B, 2>::from_data(
+                burn::tensor::TensorData::new(values, [rows, cols]),
+                (&Default::default(), burn::tensor::DType::F64),
+            );
+            let got = v(norm(tensor));
+            assert!(
+                (got - expected).abs() <= 1e-12 * expected,
+                "{rows}x{cols}: {got} vs {expected}"
+            );
+        }
     }
 
     #[test]
