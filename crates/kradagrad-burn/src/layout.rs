@@ -413,8 +413,11 @@ pub fn reshape<B: Backend, const R: usize, const S: usize>(
 }
 
 /// Entries from which a tensor's whole-tensor sums (the grafting's norms, the
-/// non-finite guard's probe) and the step's tail around them run on a
-/// `[rows, cols]` view instead of a flat one (see [`tail_rows`]).
+/// non-finite guard's probe, [`transforms::norm`](crate::transforms::norm))
+/// and the step's tail around them run on a `[rows, cols]` view instead of a
+/// flat one (see [`tail_rows`]); also the matrix size from which the per-matrix
+/// sums of the KrAD updates and Newton roots sum rows first (one output of a
+/// reduction runs in one GPU workgroup).
 pub const TAIL_ROWS_MIN_ENTRIES: usize = 1 << 18;
 
 /// The shortest side of a [`tail_rows`] view.
