@@ -17,9 +17,10 @@ run() { # name binary groups steps limit
   if [ "$t" -lt 15 ]; then echo "=== $1 skipped: out of time"; return; fi
   mkdir -p "$OUT/$1"
   echo "=== $1 (limit $t s)"
+  local began=$(date +%s)
   KRADAGRAD_BENCH_OUT="$OUT/$1" KRADAGRAD_BENCH_GROUPS=$3 KRADAGRAD_BENCH_STEPS=$4 \
     timeout "$t" "/tmp/$2" --bench > "$OUT/$1/log" 2>&1
-  echo "rc $?"
+  echo "rc $? after $(($(date +%s) - began)) s"
   grep "^|\|^#\|^Forward\|^One\|skipped" "$OUT/$1/log" | grep -v "^|---\|XDG" | tail -40
   if grep -q "no adapter" "$OUT/$1/log"; then echo "no wgpu adapter: stopping"; exit 1; fi
 }

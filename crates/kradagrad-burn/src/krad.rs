@@ -7,7 +7,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::layout::{mode_cross, mode_gram, mode_product, TAIL_ROWS_MIN_ENTRIES};
+use crate::layout::{mode_cross, mode_gram, mode_product, tail_rows, TAIL_ROWS_MIN_ENTRIES};
 
 /// Symmetrises a batch of matrices: `(A + A^T) / 2`.
 pub fn symmetrize<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -40,6 +40,18 @@ fn sum_per_matrix<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
         a.sum_dim(2).sum_dim(1)
     } else {
         a.reshape([n, 1, rows * cols]).sum_dim(2)
+    }
+}
+
+/// Per-block sum of a batch of flattened blocks `[n, numel]`, as a `[n, 1,
+/// 1]` tensor: one reduction along the row, except for blocks of at least
+/// [`TAIL_ROWS_MIN_ENTRIES`] entries, which [`sum_per_matrix`] sums on their
+/// [`tail_rows`] view (one output per block would run in one GPU workgroup).
+fn sum_per_block<B: Backend>(a: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [n, numel] = a.dims();
+    match tail_rows(&[numel]) {
+        Some([rows, cols]) => sum_per_matrix(a.reshape([n, rows, cols])),
+        None => a.sum_dim(1).reshape([n, 1, 1]),
     }
 }
 
@@ -104,13 +116,13 @@ pub fn krad_star_update_from_blocks<B: Backend>(
     block_dims: &[usize],
     i: usize,
 ) -> Tensor<B, 3> {
-    let [n, d, _] = s.dims();
+    let d = s.dims()[1];
     let m = blocks.dims()[1] / d;
     if m >= 2 * d {
         return krad_star_update(s, mode_gram(blocks, block_dims, i));
     }
     let y = mode_product(blocks.clone(), s.clone(), block_dims, i);
-    let trace = (blocks * y.clone()).sum_dim(1).reshape([n, 1, 1]);
+    let trace = sum_per_block(blocks * y.clone());
     krad_star_step(s, mode_gram(y, block_dims, i), trace)
 }
 
@@ -201,6 +213,24 @@ mod tests {
                     (got - want).abs() <= 1e-12 * want,
                     "{rows}x{cols}: {got} vs {want}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn per_block_sums_on_both_sides_of_the_size_threshold() {
+        // 35 entries per block: one reduction per row; 270400 (over
+        // TAIL_ROWS_MIN_ENTRIES, a 520x520 view): rows first, then row sums.
+        for [n, numel] in [[3, 35], [2, 520 * 520]] {
+            let a = wave(n, numel, 0.25);
+            let expected: Vec<f64> = values(a.clone())
+                .chunks(numel)
+                .map(|block| block.iter().sum())
+                .collect();
+            let sums = sum_per_block(a);
+            assert_eq!(sums.dims(), [n, 1, 1]);
+            for (got, want) in values(sums).iter().zip(&expected) {
+                assert!((got - want).abs() <= 1e-9, "{numel}: {got} vs {want}");
             }
         }
     }
