@@ -30,7 +30,8 @@
 //! roots, in the paper's setting (statistics every step, roots every 20) and
 //! an amortized one (statistics every 10, roots every 100), with optimizer
 //! state bytes per parameter; (b) `quadratic`: one step on a 1536x1536
-//! parameter with section 8's settings, beside one 1536x1536 matmul; (c)
+//! parameter with section 8's settings, against the step's own matmuls
+//! (counted in the forms the step runs them, each form timed alone); (c)
 //! `scaling`: KrADagrad* on one weight of 1024x1024, 4096x4096 and 8192x1024
 //! at block sizes 128, 256 and 512, against the number of batched matmuls of
 //! the same block shape that the step performs, each timed alone; (d)
