@@ -236,6 +236,28 @@ mod tests {
     }
 
     #[test]
+    fn block_form_of_a_block_over_the_sum_threshold_matches_the_gram_form() {
+        // A 520x520 block (270400 entries, over TAIL_ROWS_MIN_ENTRIES): the
+        // block form's trace sums it on its tail_rows view; both modes.
+        let (d, n) = (520, 2);
+        let blocks = wave(n, d * d, 0.3).mul_scalar(0.1);
+        for i in 0..2 {
+            let a = wave(n, d * d, 1.7).reshape([n, d, d]).mul_scalar(0.05);
+            let s = a.clone().matmul(a.swap_dims(1, 2)).add(
+                Tensor::<B, 2>::eye(d, &Default::default())
+                    .cast(DType::F64)
+                    .unsqueeze::<3>(),
+            );
+            let expected = values(krad_star_update(s.clone(), mode_gram(blocks.clone(), &[d, d], i)));
+            let got = values(krad_star_update_from_blocks(s, blocks.clone(), &[d, d], i));
+            let scale = expected.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+            for (g, e) in got.iter().zip(&expected) {
+                assert!((g - e).abs() <= 1e-10 * scale, "mode {i}: {g} vs {e}");
+            }
+        }
+    }
+
+    #[test]
     fn block_forms_match_the_gram_forms() {
         // Both branches of both updates (block form when m < 2d for KrADagrad*,
         // m < d for KrADagrad; Gram form otherwise) on every mode of vector,
