@@ -3,8 +3,8 @@
 
 use burn::tensor::{backend::Backend, Bool, Tensor};
 
-use crate::layout::{reshape, tail_rows};
-use crate::transforms::{as_row, sum_axes};
+use crate::layout::tail_rows;
+use crate::transforms::sum_of_mapped;
 
 /// A one-element flag: does `grad` hold a NaN or an Inf?
 ///
@@ -23,16 +23,16 @@ pub fn non_finite<B: Backend, const D: usize>(grad: &Tensor<B, D>) -> Tensor<B, 
 ///
 /// A small tensor is summed by one reduction: a rank-1 tensor (a flattened
 /// gradient) along its one axis, so that Burn's fusion fuses the probe with
-/// the work around it, others as one `[1, numel]` row (see [`as_row`]). A
-/// large one (see [`tail_rows`]), where one reduction would run in a single
-/// GPU workgroup, is summed one axis at a time on its `[rows, cols]` view
-/// ([`sum_axes`]).
+/// the work around it, others as one `[1, numel]` row (see
+/// [`as_row`](crate::transforms::as_row)). A large one (see [`tail_rows`]),
+/// where one reduction would run in a single GPU workgroup, is summed one
+/// axis at a time on its `[rows, cols]` view
+/// ([`sum_axes`](crate::transforms::sum_axes)).
 pub fn non_finite_probe<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
-    match (tail_rows(&t.dims()), D) {
-        (Some(rows), _) => sum_axes(reshape(t, rows).mul_scalar(0.0)).reshape([1]),
-        (None, 1) => t.mul_scalar(0.0).sum_dim(0).reshape([1]),
-        (None, _) => as_row(t).mul_scalar(0.0).sum_dim(1).reshape([1]),
+    if D == 1 && tail_rows(&t.dims()).is_none() {
+        return t.mul_scalar(0.0).sum_dim(0).reshape([1]);
     }
+    sum_of_mapped(t, |x| x.mul_scalar(0.0)).reshape([1])
 }
 
 /// `true` (`[1]`) when a [`non_finite_probe`] says its tensor is finite: a
