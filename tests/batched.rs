@@ -11,6 +11,7 @@ use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use common::{
     batched_snapshot, module_values, panic_message, temp_path, zoo, zoo_continue, zoo_grads_with, Zoo,
+    F32_SQUARE_OVERFLOWS,
 };
 use kradagrad_burn::{Grafting, KradagradConfig, KradagradStarConfig, NonFiniteGradients};
 use kradagrad_burn_suite::mlp::{regression_data, train, Mlp};
@@ -54,6 +55,8 @@ fn a_non_finite_gradient_skips_the_whole_step() {
             (f64::NEG_INFINITY, false),
             (f64::NAN, true),
             (f64::INFINITY, true),
+            (F32_SQUARE_OVERFLOWS, false),
+            (F32_SQUARE_OVERFLOWS, true),
         ];
         for (bad, unblocked) in bad_values {
             let before = (

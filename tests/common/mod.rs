@@ -383,7 +383,7 @@ fn skip_non_finite<B: Backend, O: SimpleOptimizer<B, State<2> = PreconditionerSt
         w = w1;
         state = s1;
     }
-    for (i, bad) in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY]
+    for (i, bad) in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, F32_SQUARE_OVERFLOWS]
         .into_iter()
         .enumerate()
     {
@@ -423,9 +423,15 @@ fn skip_non_finite<B: Backend, O: SimpleOptimizer<B, State<2> = PreconditionerSt
     assert_ne!(w1.to_data(), w.to_data());
 }
 
-/// A NaN or Inf gradient leaves the parameter and every state tensor exactly
-/// as they were, for each optimizer (with graftings that keep accumulators
-/// and both weight-decay styles).
+/// A finite f32 entry whose square overflows f32 (`1e30^2 = 1e60`): it would
+/// make the statistics and the grafting's norms infinite, so the guard skips
+/// the step as it does for NaN and Inf.
+pub const F32_SQUARE_OVERFLOWS: f64 = 1e30;
+
+/// A NaN or Inf gradient, or one whose squared norm overflows f32, leaves
+/// the parameter and every state tensor exactly as they were, for each
+/// optimizer (with graftings that keep accumulators and both weight-decay
+/// styles). Run in f32.
 pub fn non_finite_gradients_change_nothing<B: Backend>(device: &B::Device) {
     let star = KradagradStarConfig::new()
         .with_block_size(Some(4))

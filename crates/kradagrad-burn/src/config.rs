@@ -8,7 +8,9 @@ use burn::config::Config;
 use crate::roots::RootMethod;
 use crate::transforms::{Grafting, NesterovStyle, WeightDecayStyle};
 
-/// What a step does with a gradient that holds NaN or Inf.
+/// What a step does with a gradient that holds NaN or Inf, or whose squared
+/// norm overflows the float type (in f32, an entry of `1e30`: its statistics
+/// would be infinite).
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum NonFiniteGradients {
     /// Leave the parameter and every state tensor exactly as they were,
@@ -209,7 +211,8 @@ macro_rules! preconditioned_config {
             /// trip on a GPU, during root refreshes only. Default: `0`.
             #[config(default = 0)]
             pub newton_convergence_check: usize,
-            /// What a step does with a NaN or Inf gradient. Default: skip it.
+            /// What a step does with a NaN or Inf gradient, or one whose
+            /// squared norm overflows. Default: skip it.
             #[config(default = "crate::config::NonFiniteGradients::Skip")]
             pub non_finite_gradients: crate::config::NonFiniteGradients,
             $($(#[$fmeta])* pub $field: $ty,)*

@@ -1,25 +1,30 @@
-//! Non-finite gradient handling, decided on the device (no host read unless
-//! the user asked for a panic).
+//! The guard against unusable gradients, decided on the device (no host read
+//! unless the user asked for a panic).
+//!
+//! A gradient is unusable when it holds a NaN or an Inf, or when its squared
+//! norm overflows the float type: its statistics (`G G^T` and the like) and
+//! the grafting's norms would then be infinite, and the parameter would
+//! follow (an f32 gradient with an entry of `1e30`, finite, did that before
+//! the probe summed squares). The test is one element-wise pass and one
+//! reduction: `sum(g^2)` is finite exactly when the gradient is usable.
 
 use burn::tensor::{backend::Backend, Bool, Tensor};
 
 use crate::layout::tail_rows;
 use crate::transforms::sum_of_mapped;
 
-/// A one-element flag: does `grad` hold a NaN or an Inf?
-///
-/// `0 * x` is `0` for every finite `x` and NaN for an infinite or NaN `x`, so
-/// the sum of `0 * grad` is NaN exactly when an entry is not finite: one
-/// element-wise pass and one reduction (testing `is_nan` and `is_inf` took
-/// four passes, two of them writing boolean tensors), and, unlike a plain sum
-/// of the entries, it cannot overflow in any precision.
-pub fn non_finite<B: Backend, const D: usize>(grad: &Tensor<B, D>) -> Tensor<B, 1, Bool> {
-    non_finite_probe(grad.clone()).is_nan()
+/// A one-element flag: is `grad` unusable, holding a NaN or an Inf, or
+/// entries whose squares sum past the float type's largest value (see the
+/// module's documentation)?
+pub fn unusable_gradient<B: Backend, const D: usize>(grad: &Tensor<B, D>) -> Tensor<B, 1, Bool> {
+    probe_is_finite(squared_norm_probe(grad.clone())).bool_not()
 }
 
-/// `sum(0 * t)`, a one-element tensor that is NaN exactly when `t` holds a
-/// NaN or an Inf (see [`non_finite`]); probes of several tensors add up to a
-/// probe of all of them (see [`Rollback::from_probes`]).
+/// `sum(t^2)`, a one-element tensor that is finite exactly when `t` is
+/// usable: NaN when `t` holds a NaN, `+inf` when it holds an Inf or when its
+/// squared norm overflows (see [`unusable_gradient`]). Probes of several
+/// tensors add up to a probe of all of them (see [`Rollback::from_probes`]),
+/// that of a model its whole squared norm.
 ///
 /// A small tensor is summed by one reduction: a rank-1 tensor (a flattened
 /// gradient) along its one axis, so that Burn's fusion fuses the probe with
@@ -28,18 +33,18 @@ pub fn non_finite<B: Backend, const D: usize>(grad: &Tensor<B, D>) -> Tensor<B, 
 /// where one reduction would run in a single GPU workgroup, is summed one
 /// axis at a time on its `[rows, cols]` view
 /// ([`sum_axes`](crate::transforms::sum_axes)).
-pub fn non_finite_probe<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
+pub fn squared_norm_probe<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
     if D == 1 && tail_rows(&t.dims()).is_none() {
-        return t.mul_scalar(0.0).sum_dim(0).reshape([1]);
+        return t.square().sum_dim(0).reshape([1]);
     }
-    sum_of_mapped(t, |x| x.mul_scalar(0.0)).reshape([1])
+    sum_of_mapped(t, |x| x.square()).reshape([1])
 }
 
-/// `true` (`[1]`) when a [`non_finite_probe`] says its tensor is finite: a
-/// finite probe is `0` (or `-0`), so `probe <= 0` holds exactly then (a
-/// comparison with NaN is false).
+/// `true` (`[1]`) when a [`squared_norm_probe`] says its tensor is usable:
+/// `probe < +inf`, which holds exactly for a finite probe (a comparison with
+/// NaN is false).
 pub fn probe_is_finite<B: Backend>(probe: Tensor<B, 1>) -> Tensor<B, 1, Bool> {
-    probe.lower_equal_elem(0.0)
+    probe.lower_elem(f64::INFINITY)
 }
 
 /// The guard's verdict for one step, applied to every tensor the step wrote:
@@ -57,16 +62,16 @@ pub struct Rollback<B: Backend> {
 }
 
 impl<B: Backend> Rollback<B> {
-    /// The verdict of `flag` (see [`non_finite`]), without reading it on the
-    /// host.
+    /// The verdict of `flag` (see [`unusable_gradient`]), without reading it
+    /// on the host.
     pub fn new(flag: Tensor<B, 1, Bool>) -> Self {
         let threshold =
             Tensor::<B, 1>::full([1], f64::NEG_INFINITY, &flag.device()).mask_fill(flag, f64::INFINITY);
         Self { threshold }
     }
 
-    /// The verdict of a [`non_finite_probe`]: rolled back when the probe is
-    /// NaN (see [`probe_is_finite`] and [`Rollback::unless`]).
+    /// The verdict of a [`squared_norm_probe`]: rolled back unless the probe
+    /// is finite (see [`probe_is_finite`] and [`Rollback::unless`]).
     pub fn from_probe(probe: Tensor<B, 1>) -> Self {
         Self::unless(probe_is_finite(probe))
     }
@@ -88,8 +93,8 @@ impl<B: Backend> Rollback<B> {
     }
 
     /// [`from_probe`](Self::from_probe) of the sum of several probes: rolled
-    /// back when any tensor probed holds a NaN or an Inf. Panics on an empty
-    /// list.
+    /// back when any tensor probed holds a NaN or an Inf, or when their
+    /// squares together overflow. Panics on an empty list.
     pub fn from_probes(probes: Vec<Tensor<B, 1>>) -> Self {
         let mut probes = probes.into_iter();
         let first = probes.next().expect("at least one probe");
@@ -119,7 +124,10 @@ pub fn panic_if_set<B: Backend>(flag: Tensor<B, 1, Bool>, shape: &[usize]) {
         .to_vec::<i64>()
         .map(|v| v[0] != 0);
     if set.unwrap_or(false) {
-        panic!("kradagrad-burn: the gradient of the parameter of shape {shape:?} holds NaN or Inf");
+        panic!(
+            "kradagrad-burn: the gradient of the parameter of shape {shape:?} holds NaN or Inf, \
+             or its squared norm overflows"
+        );
     }
 }
 
@@ -131,7 +139,7 @@ mod tests {
 
     fn flagged(values: &[f32]) -> bool {
         let grad = Tensor::<NdArray<f32>, 1>::from_floats(values, &Default::default());
-        non_finite(&grad).into_data().to_vec::<bool>().unwrap()[0]
+        unusable_gradient(&grad).into_data().to_vec::<bool>().unwrap()[0]
     }
 
     fn tensor(values: &[f32]) -> Tensor<NdArray<f32>, 2> {
@@ -158,9 +166,12 @@ mod tests {
         let grad = Tensor::<NdArray<f32>, 2>::from_floats([gradient], &Default::default());
         let flat = crate::layout::flatten(grad.clone());
         [
-            Rollback::new(non_finite(&grad)),
-            Rollback::from_probes(vec![non_finite_probe(grad.ones_like()), non_finite_probe(grad)]),
-            Rollback::unless(probe_is_finite(non_finite_probe(flat))),
+            Rollback::new(unusable_gradient(&grad)),
+            Rollback::from_probes(vec![
+                squared_norm_probe(grad.ones_like()),
+                squared_norm_probe(grad),
+            ]),
+            Rollback::unless(probe_is_finite(squared_norm_probe(flat))),
         ]
     }
 
@@ -169,13 +180,20 @@ mod tests {
         let old = [1.0, -0.0, f32::MAX, -f32::MAX];
         let new = [f32::NAN, f32::INFINITY, 2.0, f32::NEG_INFINITY];
         let stepped = [5.0, -6.0, 7.0, 0.0];
-        for gradient in [[1.0, f32::NAN], [f32::INFINITY, 0.0], [-1.0, f32::NEG_INFINITY]] {
+        let flagged_gradients = [
+            [1.0, f32::NAN],
+            [f32::INFINITY, 0.0],
+            [-1.0, f32::NEG_INFINITY],
+            [f32::MAX, f32::MAX],
+            [1e30, 0.0],
+        ];
+        for gradient in flagged_gradients {
             for rollback in verdicts(gradient) {
                 assert_eq!(apply(rollback.clone(), &new, &old), old.map(f32::to_bits));
                 assert_eq!(apply(rollback, &stepped, &old), old.map(f32::to_bits));
             }
         }
-        for gradient in [[1.0, -2.0], [0.0, -0.0], [f32::MAX, f32::MAX]] {
+        for gradient in [[1.0, -2.0], [0.0, -0.0], [1e19, -1e19]] {
             for rollback in verdicts(gradient) {
                 assert_eq!(apply(rollback, &stepped, &old), stepped.map(f32::to_bits));
             }
@@ -183,10 +201,14 @@ mod tests {
     }
 
     #[test]
-    fn flags_exactly_the_non_finite_gradients() {
+    fn flags_exactly_the_unusable_gradients() {
         assert!(!flagged(&[1.0, -2.0, 0.0]));
-        // Huge finite entries whose plain sum overflows are not flagged.
-        assert!(!flagged(&[f32::MAX, f32::MAX, -f32::MAX]));
+        // Squares up to f32::MAX (3.4e38) in all are usable: 2e38 here.
+        assert!(!flagged(&[1e19, -1e19, 0.0]));
+        // Squares that overflow, one by one or only in their sum (4e38).
+        assert!(flagged(&[f32::MAX, -f32::MAX]));
+        assert!(flagged(&[1e30, 1.0]));
+        assert!(flagged(&[1e19, -1e19, 1e19, -1e19]));
         assert!(flagged(&[1.0, f32::INFINITY, 2.0]));
         assert!(flagged(&[f32::NEG_INFINITY, 3.0]));
         assert!(flagged(&[f32::INFINITY, f32::NEG_INFINITY]));

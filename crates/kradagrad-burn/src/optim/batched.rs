@@ -19,8 +19,9 @@
 //! interchangeable with `OptimizerAdaptor`'s); every parameter that has a
 //! gradient must have one at every step (the stacks are fixed at the first
 //! step); all parameters must live on one device; and under
-//! [`NonFiniteGradients::Skip`] a NaN or Inf in any gradient skips the whole
-//! step for every parameter (as mixed-precision loss scaling does), because
+//! [`NonFiniteGradients::Skip`] a NaN or Inf in any gradient, or a model
+//! gradient whose squared norm overflows, skips the whole step for every
+//! parameter (as mixed-precision loss scaling does), because
 //! the parameters share factor tensors.
 
 use core::marker::PhantomData;
@@ -485,7 +486,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         let options = &self.options;
         if options.non_finite_gradients == NonFiniteGradients::Panic {
             for entry in entries {
-                guard::panic_if_set(guard::non_finite(&entry.grad), &entry.shape);
+                guard::panic_if_set(guard::unusable_gradient(&entry.grad), &entry.shape);
             }
         }
         // Under `Skip`, one flag for the model, summed from the stacked blocks
@@ -496,7 +497,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         if skip {
             for (entry, layout) in entries.iter().zip(&plan.layouts) {
                 if layout.rank() == 0 {
-                    probes.push(guard::non_finite_probe(entry.grad.clone()));
+                    probes.push(guard::squared_norm_probe(entry.grad.clone()));
                 }
             }
         }
@@ -533,7 +534,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                 })
                 .collect();
             if skip {
-                probes.extend(stacked.iter().map(|b| guard::non_finite_probe(b.clone())));
+                probes.extend(stacked.iter().map(|b| guard::squared_norm_probe(b.clone())));
             }
             let block_dims: Vec<&[usize]> = class.groups.iter().map(|g| g.block_dims.as_slice()).collect();
             let mut touched = Touched::none(class.dims.len());

@@ -1,6 +1,6 @@
 //! The step shared by the three optimizers: precondition (per optimizer),
 //! then graft, weight decay and momentum (ALGORITHM.md sections 3 to 6), with
-//! the non-finite gradient guard around it all.
+//! the guard against non-finite gradients around it all.
 
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -196,7 +196,7 @@ pub(crate) fn step<B: Backend, const D: usize>(
     let shape = tensor.dims().to_vec();
     let layout = BlockLayout::new(&shape, options.block_size, options.merge_dims);
     if options.non_finite_gradients == NonFiniteGradients::Panic {
-        guard::panic_if_set(guard::non_finite(&grad), &shape);
+        guard::panic_if_set(guard::unusable_gradient(&grad), &shape);
     }
     let stale = variant == Variant::Kradagrad;
     let old = match state {
@@ -250,7 +250,7 @@ fn step_in<B: Backend, const D: usize, const T: usize>(
     let skip = options.non_finite_gradients == NonFiniteGradients::Skip;
     let probe_after_statistics =
         variant != Variant::Shampoo && layout.rank() > 0 && variant.statistics_due(new.step, options);
-    let probe = |grad: &Tensor<B, T>| guard::probe_is_finite(guard::non_finite_probe(grad.clone()));
+    let probe = |grad: &Tensor<B, T>| guard::probe_is_finite(guard::squared_norm_probe(grad.clone()));
     let mut kept = (skip && !probe_after_statistics).then(|| probe(&grad));
     let tensor = reshape(tensor, tail);
     let graft_buffer = new.graft.take().map(|t| reshape(t, tail));
