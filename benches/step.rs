@@ -25,7 +25,9 @@
 //!
 //! Groups: (a) `autoencoder`: 784-1000-500-250-30 mirrored, random data,
 //! batch 100, block 250: full training step and optimizer time (full step
-//! minus the forward and backward pass, measured alone) for Burn's Adam,
+//! minus the forward and backward pass, measured alone; both, and Adam,
+//! timed again after every row, each row compared with the mean of the
+//! timings right before and after it) for Burn's Adam,
 //! Shampoo, KrADagrad*, KrADagrad and KrADagrad* with host eigendecomposition
 //! roots, in the paper's setting (statistics every step, roots every 20) and
 //! an amortized one (statistics every 10, roots every 100), with optimizer
@@ -242,7 +244,7 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
         let _ = B::sync(device);
     };
     // Forward and backward alone: subtracted from the full step to give the optimizer's time.
-    let forward_backward = {
+    let time_forward_backward = || {
         let model = model.clone();
         let x = x.clone();
         time_per_step(
@@ -271,30 +273,63 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
                 sync,
             )
         };
-    let mut adam = AdamConfig::new().init::<B, Mlp<B>>();
-    let adam_time = full_step(
-        &format!("{backend} autoencoder adam"),
-        20,
-        Box::new(move |m, g| adam.step(1e-3, m, g)),
-    );
+    // The baseline, timed at the start and again after every row: each row
+    // is compared with the mean of the baselines timed right before and right
+    // after it, so that a machine whose speed drifts during the run (a shared
+    // VM's moved Adam by 23% between runs) shifts a row and its reference
+    // together.
+    let time_baseline = || {
+        let forward_backward = time_forward_backward();
+        let mut adam = AdamConfig::new().init::<B, Mlp<B>>();
+        let adam = full_step(
+            &format!("{backend} autoencoder adam"),
+            20,
+            Box::new(move |m, g| adam.step(1e-3, m, g)),
+        );
+        Baseline {
+            forward_backward,
+            adam,
+        }
+    };
+    let mut baseline = time_baseline();
+    let bracket = |baseline: &mut Baseline| {
+        let after = time_baseline();
+        let around = baseline.mean(&after);
+        *baseline = after;
+        around
+    };
     report.line(format!(
         "\n### (a) Autoencoder 784-1000-500-250-30 mirrored, batch {BATCH}, block 250, {params} parameters ({backend})\n"
     ));
     report.line(format!(
-        "Forward + backward alone: {:.2} ms. Optimizer time = full step minus that. Adam's state: 2 x params x 4 B = {:.1} MB.\n",
-        ms(forward_backward),
+        "Forward + backward alone, at the start: {:.2} ms. Forward + backward and Adam are timed again after every row; a row's optimizer time is its full step minus the forward and backward pass, and its ratios are to Adam, each the mean of the timings right before and right after the row (the `Adam around it` column). Adam's state: 2 x params x 4 B = {:.1} MB.\n",
+        ms(baseline.forward_backward),
         (2 * params * 4) as f64 / 1e6
     ));
-    report.line("| optimizer | setting | full step ms | optimizer ms | full / Adam | optimizer / Adam's | state MB | state / Adam's |");
-    report.line("|---|---|---|---|---|---|---|---|");
-    let adam_opt = adam_time.saturating_sub(forward_backward);
+    report.line("| optimizer | setting | full step ms | optimizer ms | Adam around it, ms | full / Adam | optimizer / Adam's | state MB | state / Adam's |");
+    report.line("|---|---|---|---|---|---|---|---|---|");
     let adam_state = (2 * params * 4) as f64;
     report.line(format!(
-        "| Adam | - | {:.2} | {:.2} | 1.00 | 1.00 | {:.1} | 1.00 |",
-        ms(adam_time),
-        ms(adam_opt),
+        "| Adam | - | {:.2} | {:.2} | - | 1.00 | 1.00 | {:.1} | 1.00 |",
+        ms(baseline.adam),
+        ms(baseline.adam_optimizer()),
         adam_state / 1e6
     ));
+    // One row of the table: a full step's time against the baseline around it.
+    let mut row_line = |label: &str, setting: &str, time: Duration, around: Baseline, state: Option<f64>| {
+        let opt = time.saturating_sub(around.forward_backward);
+        let state = state.map_or("- | -".to_string(), |bytes| {
+            format!("{:.1} | {:.2}", bytes / 1e6, bytes / adam_state)
+        });
+        report.line(format!(
+            "| {label} | {setting} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {state} |",
+            ms(time),
+            ms(opt),
+            ms(around.adam),
+            ms(time) / ms(around.adam),
+            optimizer_ratio(opt, around.adam_optimizer(), around.adam),
+        ));
+    };
     for (setting, stats, roots) in [
         ("paper (stats 1, roots 20)", 1, 20),
         ("amortized (stats 10, roots 100)", 10, 100),
@@ -321,17 +356,8 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
                     Box::new(move |m, g| stepper.borrow_mut().step(1e-3, m, g)),
                 );
                 let bytes = optimizer.borrow().state_bytes() as f64;
-                let opt = time.saturating_sub(forward_backward);
-                report.line(format!(
-                    "| {} | {setting} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.2} |",
-                    $label,
-                    ms(time),
-                    ms(opt),
-                    ms(time) / ms(adam_time),
-                    optimizer_ratio(opt, adam_opt, adam_time),
-                    bytes / 1e6,
-                    bytes / adam_state
-                ));
+                let around = bracket(&mut baseline);
+                row_line($label, setting, time, around, Some(bytes));
             }};
         }
         row!("Shampoo", ShampooConfig::new());
@@ -384,14 +410,31 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
         20,
         Box::new(move |m, g| optimizer.step(1e-3, m, g)),
     );
-    let opt = time.saturating_sub(forward_backward);
-    report.line(format!(
-        "| KrADagrad* | no root refresh (stats 1) | {:.2} | {:.2} | {:.2} | {} | - | - |",
-        ms(time),
-        ms(opt),
-        ms(time) / ms(adam_time),
-        optimizer_ratio(opt, adam_opt, adam_time),
-    ));
+    let around = bracket(&mut baseline);
+    row_line("KrADagrad*", "no root refresh (stats 1)", time, around, None);
+}
+
+/// Group (a)'s reference: the forward and backward pass alone and Adam's
+/// full step, timed together.
+#[derive(Clone, Copy)]
+struct Baseline {
+    forward_backward: Duration,
+    adam: Duration,
+}
+
+impl Baseline {
+    /// The mean of two timings of the baseline (before and after a row).
+    fn mean(&self, other: &Baseline) -> Baseline {
+        Baseline {
+            forward_backward: (self.forward_backward + other.forward_backward) / 2,
+            adam: (self.adam + other.adam) / 2,
+        }
+    }
+
+    /// Adam's optimizer time: its full step minus the forward and backward pass.
+    fn adam_optimizer(&self) -> Duration {
+        self.adam.saturating_sub(self.forward_backward)
+    }
 }
 
 /// One parameter, as a module, for the optimizer-only groups.
