@@ -11,7 +11,7 @@
 use burn::tensor::{backend::Backend, Bool, Tensor};
 
 use crate::layout::tail_rows;
-use crate::transforms::sum_of_mapped;
+use crate::transforms::squared_norm;
 
 /// A one-element flag: is `grad` unusable, holding a NaN or an Inf, or
 /// entries whose squares sum past the float type's largest value (see the
@@ -37,7 +37,7 @@ pub fn squared_norm_probe<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor
     if D == 1 && tail_rows(&t.dims()).is_none() {
         return t.square().sum_dim(0).reshape([1]);
     }
-    sum_of_mapped(t, |x| x.square()).reshape([1])
+    squared_norm(t).reshape([1])
 }
 
 /// `true` (`[1]`) when a [`squared_norm_probe`] says its tensor is usable:

@@ -50,21 +50,20 @@ pub enum WeightDecayStyle {
 /// its `[rows, cols]` view, since a reduction with one output runs in one GPU
 /// workgroup.
 pub fn norm<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
-    sum_of_mapped(t, |x| x.square()).sqrt().reshape([1])
+    squared_norm(t).sqrt().reshape([1])
 }
 
-/// `sum(map(t))` over the whole tensor, as a `[1, 1]` tensor, with `map`
-/// element-wise: on the `[1, numel]` row (see [`as_row`]) for a small
-/// tensor, one reduction; on the [`tail_rows`](crate::layout::tail_rows)
-/// view for a large one, one reduction per axis ([`sum_axes`]), since a
-/// reduction with one output runs in one GPU workgroup.
-pub(crate) fn sum_of_mapped<B: Backend, const D: usize>(
-    t: Tensor<B, D>,
-    map: impl FnOnce(Tensor<B, 2>) -> Tensor<B, 2>,
-) -> Tensor<B, 2> {
+/// `sum(t^2)` over the whole tensor, as a `[1, 1]` tensor (unlike
+/// [`sum_of_squares`], which keeps the tensor's rank for the grafting): on the
+/// `[1, numel]` row (see [`as_row`]) for a small tensor, one reduction; on
+/// the [`tail_rows`](crate::layout::tail_rows) view for a large one, one
+/// reduction per axis ([`sum_axes`]), since a reduction with one output runs
+/// in one GPU workgroup. Used by [`norm`] and the guard's probe
+/// ([`squared_norm_probe`](crate::guard::squared_norm_probe)).
+pub(crate) fn squared_norm<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
     match crate::layout::tail_rows(&t.dims()) {
-        Some(rows) => sum_axes(map(crate::layout::reshape(t, rows))),
-        None => map(as_row(t)).sum_dim(1),
+        Some(rows) => sum_axes(crate::layout::reshape(t, rows).square()),
+        None => as_row(t).square().sum_dim(1),
     }
 }
 
