@@ -1,5 +1,6 @@
 //! Random symmetric positive definite matrices with a chosen condition number,
-//! and an f64 eigendecomposition oracle for matrix roots (used by the root
+//! their roots known from their construction, and an f64 eigendecomposition
+//! oracle for matrix roots (used by the root
 //! accuracy tests and `examples/root_accuracy.rs`).
 
 use burn::tensor::{backend::Backend, Tensor, TensorData};
@@ -16,13 +17,49 @@ pub fn random_orthogonal(d: usize, rng: &mut StdRng) -> DMatrix<f64> {
 
 /// `Q diag(lambda) Q^T` with eigenvalues log-spaced from 1 down to `1/condition`.
 pub fn random_spd(d: usize, condition: f64, seed: u64) -> DMatrix<f64> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let q = random_orthogonal(d, &mut rng);
-    let lambda = DMatrix::from_diagonal(&nalgebra::DVector::from_fn(d, |i, _| {
-        condition.powf(-(i as f64) / ((d - 1).max(1) as f64))
-    }));
-    let a = &q * lambda * q.transpose();
-    (&a + a.transpose()) * 0.5
+    RandomSpd::new(d, condition, seed).matrix()
+}
+
+/// A random SPD matrix kept as its construction, `Q diag(lambda) Q^T`, so
+/// that its roots are known without an eigendecomposition.
+#[derive(Debug, Clone)]
+pub struct RandomSpd {
+    /// The orthogonal factor.
+    pub q: DMatrix<f64>,
+    /// The eigenvalues, log-spaced from 1 down to `1/condition`.
+    pub eigenvalues: Vec<f64>,
+}
+
+impl RandomSpd {
+    /// The matrix of [`random_spd`]`(d, condition, seed)`.
+    pub fn new(d: usize, condition: f64, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let q = random_orthogonal(d, &mut rng);
+        let eigenvalues = (0..d)
+            .map(|i| condition.powf(-(i as f64) / ((d - 1).max(1) as f64)))
+            .collect();
+        Self { q, eigenvalues }
+    }
+
+    /// `f(Q diag(lambda) Q^T) = Q diag(f(lambda)) Q^T`, symmetrised.
+    fn function(&self, f: impl Fn(f64) -> f64) -> DMatrix<f64> {
+        let values =
+            nalgebra::DVector::from_iterator(self.eigenvalues.len(), self.eigenvalues.iter().map(|&l| f(l)));
+        let a = &self.q * DMatrix::from_diagonal(&values) * self.q.transpose();
+        (&a + a.transpose()) * 0.5
+    }
+
+    /// The matrix.
+    pub fn matrix(&self) -> DMatrix<f64> {
+        self.function(|l| l)
+    }
+
+    /// `A^(1/p)` (or `A^(-1/p)`) from the construction: an oracle that shares
+    /// no routine with the library's eigendecomposition roots.
+    pub fn root(&self, order: u32, inverse: bool) -> DMatrix<f64> {
+        let exponent = if inverse { -1.0 } else { 1.0 } / order as f64;
+        self.function(|l| l.powf(exponent))
+    }
 }
 
 /// `A^(1/p)` (or `A^(-1/p)`) by an f64 eigendecomposition.
@@ -75,18 +112,19 @@ pub fn from_tensor<B: Backend>(t: Tensor<B, 3>) -> DMatrix<f64> {
 }
 
 /// A random SPD test matrix and the root to take of it.
-fn problem(d: usize, condition: f64, order: u32, inverse: bool, seed: u64) -> (DMatrix<f64>, RootSpec) {
+fn problem(d: usize, condition: f64, order: u32, inverse: bool, seed: u64) -> (RandomSpd, RootSpec) {
     let spec = RootSpec {
         order,
         inverse,
         shift: 0.0,
         floor: 0.0,
     };
-    (random_spd(d, condition, seed), spec)
+    (RandomSpd::new(d, condition, seed), spec)
 }
 
 /// The relative spectral-norm error of the library's root of a random SPD
-/// matrix (size `d`, given condition) on backend `B`.
+/// matrix (size `d`, given condition) on backend `B`, against the root known
+/// from the matrix's construction ([`RandomSpd::root`]).
 pub fn root_error<B: Backend>(
     d: usize,
     condition: f64,
@@ -98,12 +136,12 @@ pub fn root_error<B: Backend>(
 ) -> f64 {
     let (a, spec) = problem(d, condition, order, inverse, seed);
     let root = matrix_root(
-        to_tensor::<B>(&a, &Default::default()),
+        to_tensor::<B>(&a.matrix(), &Default::default()),
         spec,
         method,
         max_iterations,
     );
-    relative_error(&from_tensor(root), &oracle_root(&a, order, inverse))
+    relative_error(&from_tensor(root), &a.root(order, inverse))
 }
 
 /// Like [`root_error`] for the (staged) Newton method that
@@ -118,13 +156,17 @@ pub fn newton_error<B: Backend>(
     seed: u64,
 ) -> (f64, usize) {
     let (a, spec) = problem(d, condition, order, inverse, seed);
-    let result = staged_newton_root(to_tensor::<B>(&a, &Default::default()), spec, max_iterations);
+    let result = staged_newton_root(
+        to_tensor::<B>(&a.matrix(), &Default::default()),
+        spec,
+        max_iterations,
+    );
     let iterations = result
         .iterations
         .into_data()
         .convert::<f64>()
         .to_vec::<f64>()
         .expect("float")[0];
-    let error = relative_error(&from_tensor(result.root), &oracle_root(&a, order, inverse));
+    let error = relative_error(&from_tensor(result.root), &a.root(order, inverse));
     (error, iterations as usize)
 }

@@ -1,5 +1,5 @@
 //! Bad input gets a clear answer and loses nothing: invalid configs name the
-//! field and rule, a bad learning rate panics, a NaN/Inf first gradient
+//! field and rule, a negative or non-finite learning rate panics, a NaN/Inf first gradient
 //! leaves a fresh state (or panics naming the shape when asked to), and a
 //! state that does not fit the parameter is a clear error. Non-finite
 //! gradients mid-training are checked on every backend (tests/common).
@@ -85,15 +85,23 @@ fn random<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
 }
 
 #[test]
-#[should_panic(expected = "learning rate must be positive and finite, got 0")]
-fn a_zero_learning_rate_panics() {
+#[should_panic(expected = "learning rate must be finite and non-negative, got -0.001")]
+fn a_negative_learning_rate_panics() {
     let _ = KradagradStarConfig::new()
         .build()
-        .step(0.0, random([3, 2]), random([3, 2]), None);
+        .step(-1e-3, random([3, 2]), random([3, 2]), None);
 }
 
 #[test]
-#[should_panic(expected = "learning rate must be positive and finite, got NaN")]
+#[should_panic(expected = "learning rate must be finite and non-negative, got inf")]
+fn an_infinite_learning_rate_panics() {
+    let _ = ShampooConfig::new()
+        .build()
+        .step(f64::INFINITY, random([3, 2]), random([3, 2]), None);
+}
+
+#[test]
+#[should_panic(expected = "learning rate must be finite and non-negative, got NaN")]
 fn a_nan_learning_rate_panics() {
     let _ = KradagradConfig::new()
         .build()
@@ -142,15 +150,34 @@ fn the_panic_option_names_the_shape() {
 }
 
 #[test]
-#[should_panic(expected = "does not match the parameter of shape [4, 6]")]
+#[should_panic(
+    expected = "does not match the parameter of shape [4, 6] (merged dims [4, 6]): a factor of shape [1, 6, 6] stored, [1, 4, 4] expected"
+)]
 fn a_state_from_another_shape_is_a_clear_error() {
+    // No momentum and no merging: only the factors can tell the shapes apart
+    // (merged, [6, 4] and [4, 6] would both be [24]).
+    let optimizer = ShampooConfig::new()
+        .with_momentum(0.0)
+        .with_merge_dims(false)
+        .build();
+    let (_, state) = optimizer.step(0.1, random([6, 4]), random([6, 4]), None);
+    let _ = optimizer.step(0.1, random([4, 6]), random([4, 6]), state);
+}
+
+#[test]
+#[should_panic(
+    expected = "does not match the parameter of shape [4, 6] (merged dims [24]): a buffer of shape [6, 4] stored"
+)]
+fn a_momentum_buffer_from_another_shape_is_a_clear_error() {
     let optimizer = ShampooConfig::new().build();
     let (_, state) = optimizer.step(0.1, random([6, 4]), random([6, 4]), None);
     let _ = optimizer.step(0.1, random([4, 6]), random([4, 6]), state);
 }
 
 #[test]
-#[should_panic(expected = "does not match the parameter of shape [6, 4]")]
+#[should_panic(
+    expected = "was written by Kradagrad (block_size Some(128), merge_dims true) and is used by Kradagrad (block_size Some(2), merge_dims true)"
+)]
 fn a_state_from_another_block_size_is_a_clear_error() {
     let (_, state) = KradagradConfig::new()
         .build()

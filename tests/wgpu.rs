@@ -67,11 +67,16 @@ fn ready() -> Option<MutexGuard<'static, ()>> {
     }
 }
 
-/// [`ready`], and the adapter supports f64 shaders.
+/// [`ready`], and the adapter supports f64 shaders. Under
+/// `KRADAGRAD_REQUIRE_WGPU=1` an adapter without them fails the f64 tests
+/// (lavapipe has them) instead of skipping them.
 fn ready_f64() -> Option<MutexGuard<'static, ()>> {
     let guard = ready()?;
     if wgpu_has_f64() {
         Some(guard)
+    } else if std::env::var("KRADAGRAD_REQUIRE_WGPU").as_deref() == Ok("1") {
+        drop(guard);
+        panic!("KRADAGRAD_REQUIRE_WGPU=1 but the wgpu adapter has no f64 shader support");
     } else {
         static REPORTED: OnceLock<()> = OnceLock::new();
         REPORTED.get_or_init(|| say("wgpu f64 tests SKIPPED: this adapter has no f64 shader support"));

@@ -122,15 +122,6 @@ impl Options {
                 "must be at least 1 with RootMethod::Newton, got 0".into(),
             );
         }
-        if self.root_method != RootMethod::Newton && !cfg!(feature = "eigh") {
-            return fail(
-                "root_method",
-                format!(
-                    "{:?} needs the `eigh` Cargo feature of kradagrad-burn",
-                    self.root_method
-                ),
-            );
-        }
         Ok(())
     }
 }

@@ -13,6 +13,6 @@ pub use config::{ConfigError, NonFiniteGradients};
 pub use optim::kradagrad::{Kradagrad, KradagradConfig};
 pub use optim::kradagrad_star::{KradagradStar, KradagradStarConfig};
 pub use optim::shampoo::{Shampoo, ShampooConfig};
-pub use optim::{BatchedOptimizer, BatchedState, ClassState, FactorGroup, PreconditionerState};
+pub use optim::{BatchedOptimizer, BatchedState, ClassState, FactorGroup, PreconditionerState, StateOrigin};
 pub use roots::{RootMethod, RootSpec};
 pub use transforms::{Grafting, NesterovStyle, WeightDecayStyle};

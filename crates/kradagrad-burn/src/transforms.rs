@@ -78,47 +78,84 @@ pub fn as_row<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
     t.reshape([1, numel])
 }
 
-/// Updates the graft accumulator (AdaGrad: `a += G*G`; Adam: `v = beta2 v + G*G`).
-/// Returns `None` for graftings without one.
+/// A grafting together with what it needs this step: the norm a
+/// preconditioned direction borrows, with the accumulator of the diagonal
+/// graftings held inside (so a diagonal grafting without one cannot be built).
+#[derive(Debug, Clone)]
+pub enum GraftNorm<B: Backend, const D: usize> {
+    /// [`Grafting::None`]: no rescaling.
+    None,
+    /// [`Grafting::SgdNorm`]: the norm of the raw gradient.
+    SgdNorm,
+    /// [`Grafting::AdaGrad`] or [`Grafting::Adam`]: the norm of
+    /// `G / (sqrt(accumulator) + diagonal_eps)`.
+    Diagonal {
+        /// AdaGrad's `a` or Adam's `v`, already updated with this step's gradient.
+        accumulator: Tensor<B, D>,
+        /// Added to `sqrt(accumulator)` before dividing.
+        diagonal_eps: f64,
+    },
+}
+
+impl<B: Backend, const D: usize> GraftNorm<B, D> {
+    /// The accumulator to keep in the optimizer state (`None` for the
+    /// graftings without one).
+    pub fn into_accumulator(self) -> Option<Tensor<B, D>> {
+        match self {
+            GraftNorm::Diagonal { accumulator, .. } => Some(accumulator),
+            GraftNorm::None | GraftNorm::SgdNorm => None,
+        }
+    }
+}
+
+/// This step's [`GraftNorm`] for `grafting`: the accumulator of a diagonal
+/// grafting is updated with `grad` (AdaGrad: `a += G*G`; Adam:
+/// `v = beta2 v + G*G`, from zero when `accumulator` is `None`).
 pub fn accumulate_graft<B: Backend, const D: usize>(
     grafting: Grafting,
     accumulator: Option<Tensor<B, D>>,
     grad: &Tensor<B, D>,
     beta2: f64,
-) -> Option<Tensor<B, D>> {
+    diagonal_eps: f64,
+) -> GraftNorm<B, D> {
     let squared = || grad.clone().square();
-    match grafting {
-        Grafting::None | Grafting::SgdNorm => None,
-        Grafting::AdaGrad => Some(match accumulator {
+    let accumulator = match grafting {
+        Grafting::None => return GraftNorm::None,
+        Grafting::SgdNorm => return GraftNorm::SgdNorm,
+        Grafting::AdaGrad => match accumulator {
             Some(a) => a + squared(),
             None => squared(),
-        }),
-        Grafting::Adam => Some(match accumulator {
+        },
+        Grafting::Adam => match accumulator {
             Some(v) => v.mul_scalar(beta2) + squared(),
             None => squared(),
-        }),
+        },
+    };
+    GraftNorm::Diagonal {
+        accumulator,
+        diagonal_eps,
     }
 }
 
-/// Rescales `direction` to the norm of the graft direction (identity for
-/// [`Grafting::None`]).
+/// Rescales `direction` to the norm that `norm` names (identity for
+/// [`GraftNorm::None`]).
 pub fn graft<B: Backend, const D: usize>(
-    grafting: Grafting,
+    norm: &GraftNorm<B, D>,
     direction: Tensor<B, D>,
     grad: &Tensor<B, D>,
-    accumulator: Option<&Tensor<B, D>>,
-    diagonal_eps: f64,
 ) -> Tensor<B, D> {
     // The sums of squares keep the tensor's rank (`[1; D]`), so that their
     // square roots and the rescaling broadcast without a reshape: Burn 0.21's
     // fusion ends a fused kernel at a reshape of a computed value, and
     // reshaping the inputs to `[1, numel]` rows instead hit a fusion bug
     // (docs/performance.md, "Why the rows version failed").
-    let graft_squares = match (grafting, accumulator) {
-        (Grafting::None, _) => return direction,
-        (Grafting::SgdNorm, _) => sum_of_squares(grad.clone()),
-        (_, Some(acc)) => sum_of_squares(grad.clone() / acc.clone().sqrt().add_scalar(diagonal_eps)),
-        (_, None) => unreachable!("AdaGrad and Adam grafting always have an accumulator"),
+    let graft_squares = match norm {
+        GraftNorm::None => return direction,
+        GraftNorm::SgdNorm => sum_of_squares(grad.clone()),
+        GraftNorm::Diagonal {
+            accumulator,
+            diagonal_eps,
+        } => sum_of_squares(grad.clone() / accumulator.clone().sqrt().add_scalar(*diagonal_eps)),
     };
     let direction_squares = sum_of_squares(direction.clone());
     let scale = graft_squares.sqrt() / direction_squares.sqrt().add_scalar(1e-16);
@@ -274,19 +311,23 @@ mod tests {
             Tensor::from_data([3.0, 4.0], (&Default::default(), burn::tensor::DType::F64));
         let direction: Tensor<B, 1> =
             Tensor::from_data([0.0, 10.0], (&Default::default(), burn::tensor::DType::F64));
-        let sgd = graft(Grafting::SgdNorm, direction.clone(), &grad, None, 1e-6);
+        let sgd = graft(&GraftNorm::SgdNorm, direction.clone(), &grad);
         assert_eq!(sgd.into_data().to_vec::<f64>().unwrap(), vec![0.0, 5.0]);
-        let none = graft(Grafting::None, direction.clone(), &grad, None, 1e-6);
+        let none = graft(&GraftNorm::None, direction.clone(), &grad);
         assert_eq!(none.into_data().to_vec::<f64>().unwrap(), vec![0.0, 10.0]);
+        assert!(accumulate_graft(Grafting::SgdNorm, None, &grad, 1.0, 1e-6)
+            .into_accumulator()
+            .is_none());
         // AdaGrad after one step: a = G^2, graft direction G / (|G| + eps) has norm ~ sqrt(2).
-        let acc = accumulate_graft(Grafting::AdaGrad, None, &grad, 1.0).unwrap();
-        let ada = graft(Grafting::AdaGrad, direction, &grad, Some(&acc), 1e-6);
+        let ada_norm = accumulate_graft(Grafting::AdaGrad, None, &grad, 1.0, 1e-6);
+        let ada = graft(&ada_norm, direction, &grad);
         let got = ada.into_data().to_vec::<f64>().unwrap()[1];
         assert!((got - 2f64.sqrt()).abs() < 1e-6, "{got}");
         // Adam accumulator decays by beta2 and adds G^2 without (1 - beta2).
-        let adam = accumulate_graft(Grafting::Adam, Some(acc), &grad, 0.5).unwrap();
+        let acc = ada_norm.into_accumulator();
+        let adam = accumulate_graft(Grafting::Adam, acc, &grad, 0.5, 1e-6).into_accumulator();
         assert_eq!(
-            adam.into_data().to_vec::<f64>().unwrap(),
+            adam.unwrap().into_data().to_vec::<f64>().unwrap(),
             vec![4.5 + 9.0, 8.0 + 16.0]
         );
     }

@@ -36,12 +36,12 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
 use super::engine::{
-    check_learning_rate, finish_flat, keep_factors_if, precondition, refresh_roots, update_statistics,
-    Factors, Touched, Variant,
+    check_float_type, check_learning_rate, finish_flat, keep_statistics_if, precondition, refresh_roots,
+    update_statistics, Factors, Touched, Variant,
 };
 use super::kradagrad::largest_dim;
 use super::state::{factors_mismatch, tensor_bytes};
-use super::FactorGroup;
+use super::{FactorGroup, StateOrigin};
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
 use crate::layout::{flatten, reshape, stack, unstack_flat, BlockLayout};
@@ -63,6 +63,9 @@ pub struct BatchedState<B: Backend> {
     pub graft: Vec<Option<Tensor<B, 1>>>,
     /// Per parameter (flattened): the momentum buffer, if momentum is on.
     pub momentum: Vec<Option<Tensor<B, 1>>>,
+    /// What the state was written for (`None` in states saved before this
+    /// field existed, which are checked by their tensor shapes only).
+    pub origin: Option<StateOrigin>,
 }
 
 /// The stacked factors of the parameters that share a merged rank (and, for
@@ -88,6 +91,7 @@ impl<B: Backend> BatchedState<B> {
             classes: vec![],
             graft: vec![],
             momentum: vec![],
+            origin: None,
         }
     }
 
@@ -129,6 +133,7 @@ impl<B: Backend> BatchedState<B> {
                 .collect(),
             graft: self.graft.into_iter().map(|b| b.map(&f1)).collect(),
             momentum: self.momentum.into_iter().map(|b| b.map(&f1)).collect(),
+            origin: self.origin,
         }
     }
 }
@@ -394,6 +399,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             classes,
             graft: vec![None; entries.len()],
             momentum: vec![None; entries.len()],
+            origin: Some(self.variant.origin(&self.options)),
         }
     }
 
@@ -405,6 +411,9 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             let plan = Plan::new(&shapes, &self.options, self.variant);
             return (self.initial_state(entries, &plan), plan);
         };
+        if let Some(written) = &state.origin {
+            written.check(&self.variant.origin(&self.options), "BatchedOptimizer's state");
+        }
         let ids: Vec<u64> = entries.iter().map(|e| e.id.val()).collect();
         let shapes: Vec<_> = entries.iter().map(|e| e.shape.clone()).collect();
         if state.param_ids != ids || state.shapes != shapes {
@@ -452,6 +461,9 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         let entries = collector.entries;
         if entries.is_empty() {
             return module;
+        }
+        for entry in &entries {
+            check_float_type(entry.param.dtype(), &entry.shape);
         }
         let device = entries[0].grad.device();
         if let Some(other) = entries.iter().find(|e| e.grad.device() != device) {
@@ -556,7 +568,17 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             steps.push((step, stacked));
         }
         // Phase two: every root due in the model, with the Newton stages that
-        // classes share for one matrix size run once.
+        // classes share for one matrix size run once. The roots are taken of
+        // the statistics the step keeps: under a skipped step the statistics
+        // go back first, so that the roots due (those KrADagrad has pending
+        // too) are refreshed from them, not rolled back with the step.
+        let refreshing = steps.iter().any(|(step, _)| step.refresh.is_some());
+        let mut rollback = None;
+        if skip && refreshing {
+            let verdict = guard::Rollback::from_probes(std::mem::take(&mut probes));
+            keep_statistics(&verdict, &mut new, &old, &mut touched_by_class);
+            rollback = Some(verdict);
+        }
         let requests: Vec<_> = new
             .classes
             .iter_mut()
@@ -593,13 +615,10 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         // One verdict for the model (the parameters share factor tensors),
         // known before the per-parameter work so that each parameter's
         // rollback fuses with the update that produced it.
-        let rollback = skip.then(|| guard::Rollback::from_probes(probes));
-        if let Some(rollback) = &rollback {
-            for ((class, old_class), touched) in
-                new.classes.iter_mut().zip(&old.classes).zip(&touched_by_class)
-            {
-                keep_factors_if(rollback, &mut class.groups, &old_class.groups, touched);
-            }
+        if skip && rollback.is_none() {
+            let verdict = guard::Rollback::from_probes(probes);
+            keep_statistics(&verdict, &mut new, &old, &mut touched_by_class);
+            rollback = Some(verdict);
         }
 
         // Every parameter's direction assembled first, then per parameter:
@@ -638,6 +657,20 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             params.push(param);
         }
         (new, params)
+    }
+}
+
+/// The non-finite guard on every class's statistics (see
+/// [`keep_statistics_if`]); what it rolled back is no longer `touched`.
+fn keep_statistics<B: Backend>(
+    rollback: &guard::Rollback<B>,
+    new: &mut BatchedState<B>,
+    old: &BatchedState<B>,
+    touched_by_class: &mut [Touched],
+) {
+    for ((class, old_class), touched) in new.classes.iter_mut().zip(&old.classes).zip(touched_by_class) {
+        keep_statistics_if(rollback, &mut class.groups, &old_class.groups, touched);
+        *touched = Touched::none(touched.statistics.len());
     }
 }
 

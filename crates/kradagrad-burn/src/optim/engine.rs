@@ -2,11 +2,11 @@
 //! then graft, weight decay and momentum (ALGORITHM.md sections 3 to 6), with
 //! the guard against non-finite gradients around it all.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, DType, Tensor};
 
 use std::collections::BTreeMap;
 
-use super::{kradagrad, kradagrad_star, shampoo, FactorGroup, PreconditionerState};
+use super::{kradagrad, kradagrad_star, shampoo, FactorGroup, PreconditionerState, StateOrigin};
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
 use crate::layout::{
@@ -38,6 +38,25 @@ impl Variant {
         tau.is_multiple_of(options.statistics_compute_steps)
     }
 
+    /// The optimizer's type name, as states record it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Variant::KradagradStar => "KradagradStar",
+            Variant::Kradagrad => "Kradagrad",
+            Variant::Shampoo => "Shampoo",
+        }
+    }
+
+    /// What a state written by this optimizer under `options` records of
+    /// its origin.
+    pub(crate) fn origin(self, options: &Options) -> StateOrigin {
+        StateOrigin {
+            optimizer: self.name().to_string(),
+            block_size: options.block_size,
+            merge_dims: options.merge_dims,
+        }
+    }
+
     /// Scale of the initial statistic (`scale * I`).
     pub(crate) fn initial_scale(self, options: &Options) -> f64 {
         match self {
@@ -48,23 +67,21 @@ impl Variant {
     }
 }
 
-/// Which factor tensors a step wrote, per merged dim (the same dims in every
-/// group), so that the non-finite guard masks only those: an untouched factor
-/// is the old tensor itself, and masking it would be a wasted pass over
-/// `[blocks, d, d]`.
+/// Which statistics a step wrote, per merged dim (the same dims in every
+/// group), so that the non-finite guard masks only those: an untouched
+/// statistic is the old tensor itself, and masking it would be a wasted pass
+/// over `[blocks, d, d]`. Roots are never masked: they are taken of the
+/// statistics the step keeps (see [`keep_statistics_if`]).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Touched {
     /// `statistics[i]`: the statistics of dim `i` were updated.
     pub statistics: Vec<bool>,
-    /// `roots[i]`: the roots of dim `i` were recomputed.
-    pub roots: Vec<bool>,
 }
 
 impl Touched {
     pub(crate) fn none(rank: usize) -> Self {
         Self {
             statistics: vec![false; rank],
-            roots: vec![false; rank],
         }
     }
 }
@@ -194,18 +211,21 @@ pub(crate) fn step<B: Backend, const D: usize>(
 ) -> (Tensor<B, D>, Option<PreconditionerState<B, D>>) {
     check_learning_rate(lr);
     let shape = tensor.dims().to_vec();
+    check_float_type(tensor.dtype(), &shape);
     let layout = BlockLayout::new(&shape, options.block_size, options.merge_dims);
     if options.non_finite_gradients == NonFiniteGradients::Panic {
         guard::panic_if_set(guard::unusable_gradient(&grad), &shape);
     }
     let stale = variant == Variant::Kradagrad;
+    let origin = variant.origin(options);
     let old = match state {
         Some(state) => {
-            state.check_layout(&layout, stale);
+            state.check_fits(&layout, &origin, stale);
             state
         }
         None => PreconditionerState::new(
             &layout,
+            origin,
             variant.initial_scale(options),
             stale,
             &tensor.device(),
@@ -274,22 +294,33 @@ fn step_in<B: Backend, const D: usize, const T: usize>(
         &blocks,
         &mut touched,
     );
+    let mut rollback = None;
     if let Some(refresh) = &plan.refresh {
+        if skip {
+            // The roots are taken of the statistics the step keeps: a skipped
+            // step's statistics go back first, so that the roots due (those
+            // KrADagrad has pending too) are refreshed from them rather than
+            // rolled back with the step and left stale.
+            let verdict = guard::Rollback::unless(kept.take().unwrap_or_else(|| probe(&grad)));
+            keep_statistics_if(&verdict, &mut new.groups, &old.groups, &touched);
+            touched = Touched::none(layout.rank());
+            rollback = Some(verdict);
+        }
         refresh_roots(vec![(&mut new.groups[..], refresh)], options);
     }
     let direction = match precondition(plan, &new.groups, &block_dims, blocks) {
         Some(out) => layout.assemble(out, tail),
         None => grad.clone(),
     };
-    if skip && kept.is_none() {
-        kept = Some(probe(&grad));
+    // Off refresh steps the verdict's threshold is filled after the
+    // direction: its masked fill of a fresh constant is where Burn's fusion
+    // ends the stream it is exploring, so that the tail starts a stream of
+    // its own and fuses (the work before it hangs off the un-fusable
+    // reshapes and slices of the split; docs/performance.md, "Fewer kernels,
+    // round four").
+    if skip && rollback.is_none() {
+        rollback = Some(guard::Rollback::unless(kept.unwrap_or_else(|| probe(&grad))));
     }
-    // The verdict's threshold is filled after the direction: its masked fill
-    // of a fresh constant is where Burn's fusion ends the stream it is
-    // exploring, so that the tail starts a stream of its own and fuses (the
-    // work before it hangs off the un-fusable reshapes and slices of the
-    // split; docs/performance.md, "Fewer kernels, round four").
-    let rollback = kept.map(guard::Rollback::unless);
     let (param, graft, momentum) = finish(
         options,
         lr,
@@ -301,18 +332,44 @@ fn step_in<B: Backend, const D: usize, const T: usize>(
         rollback.as_ref(),
     );
     if let Some(rollback) = &rollback {
-        keep_factors_if(rollback, &mut new.groups, &old.groups, &touched);
+        keep_statistics_if(rollback, &mut new.groups, &old.groups, &touched);
     }
     new.graft = graft.map(|t| reshape(t, dims));
     new.momentum = momentum.map(|t| reshape(t, dims));
     (reshape(param, dims), Some(new))
 }
 
-/// Panics unless the learning rate is positive and finite.
+/// Panics, naming the dtype and the rule, unless a parameter of shape
+/// `shape` has a float type the optimizers run in: f32 or f64.
+///
+/// The factors span the square of the gradient's scale and its inverse, far
+/// beyond a half-precision range: KrADagrad*'s inverse statistic starts at
+/// `I / matrix_eps` (1e6 with the default), above f16's largest value
+/// (65504), and bf16's 8-bit mantissa cannot hold a Newton root to the
+/// accuracy the update needs. Checked before anything is computed, so a
+/// half-precision model fails at its first step instead of turning NaN.
+pub(crate) fn check_float_type(dtype: DType, shape: &[usize]) {
+    if !matches!(dtype, DType::F32 | DType::F64) {
+        panic!(
+            "kradagrad-burn: the parameter of shape {shape:?} is {dtype:?}; the optimizers run in \
+             f32 or f64 only (their factors span the squared gradient scale and its inverse, \
+             beyond half precision's range: KrADagrad* starts at 1 / matrix_eps). Keep the \
+             parameters in f32, or cast the model to f32 for the optimizer step \
+             (docs/backends.md, \"Float types\")."
+        );
+    }
+}
+
+/// Panics unless the learning rate is finite and non-negative.
+///
+/// A rate of exactly 0 is a valid step, as in Burn's own optimizers (a
+/// cosine schedule ends there by default): the statistics, roots, graft and
+/// momentum buffers and the step counter advance, and the parameter keeps
+/// its value.
 pub(crate) fn check_learning_rate(lr: f64) {
     assert!(
-        lr.is_finite() && lr > 0.0,
-        "kradagrad-burn: the learning rate must be positive and finite, got {lr}"
+        lr.is_finite() && lr >= 0.0,
+        "kradagrad-burn: the learning rate must be finite and non-negative, got {lr}"
     );
 }
 
@@ -353,14 +410,15 @@ pub(crate) fn finish<B: Backend, const T: usize>(
     // The momentum's decay first: issued after the grafting's norms, it would
     // run in a kernel of its own (see `decay_momentum`).
     let decayed = decay_momentum(options.momentum, nesterov, momentum_buffer);
-    let graft_buffer = accumulate_graft(options.grafting, graft_buffer, grad, options.beta2);
-    let mut direction = graft(
+    let graft_norm = accumulate_graft(
         options.grafting,
-        direction,
+        graft_buffer,
         grad,
-        graft_buffer.as_ref(),
+        options.beta2,
         options.diagonal_eps,
     );
+    let mut direction = graft(&graft_norm, direction, grad);
+    let graft_buffer = graft_norm.into_accumulator();
     let mut param = tensor.clone();
     if options.weight_decay != 0.0 {
         match options.weight_decay_style {
@@ -423,9 +481,12 @@ pub(crate) fn finish_flat<B: Backend>(
     (flatten(param), graft.map(flatten), momentum.map(flatten))
 }
 
-/// The non-finite guard on factors: every factor tensor a step wrote (see
+/// The non-finite guard on factors: every statistic a step wrote (see
 /// [`Touched`]) goes back to its old value under `rollback`.
-pub(crate) fn keep_factors_if<B: Backend>(
+///
+/// Run before a root refresh on a step that has one, so that the roots are
+/// those of the statistics kept; the roots then need no rollback of their own.
+pub(crate) fn keep_statistics_if<B: Backend>(
     rollback: &guard::Rollback<B>,
     new: &mut [FactorGroup<B>],
     old: &[FactorGroup<B>],
@@ -435,11 +496,6 @@ pub(crate) fn keep_factors_if<B: Backend>(
         for (i, (s, o)) in group.statistics.iter_mut().zip(&old_group.statistics).enumerate() {
             if touched.statistics[i] {
                 *s = rollback.apply(s.clone(), o.clone());
-            }
-        }
-        for (i, (r, o)) in group.roots.iter_mut().zip(&old_group.roots).enumerate() {
-            if touched.roots[i] {
-                *r = rollback.apply(r.clone(), o.clone());
             }
         }
     }
@@ -578,15 +634,12 @@ fn kronecker_update<B: Backend>(
     }
     let refresh = tau
         .is_multiple_of(options.preconditioning_compute_steps)
-        .then(|| {
-            touched.roots.fill(true);
-            RootRefresh {
-                dims: vec![true; rank],
-                spec: match variant {
-                    Variant::Shampoo => shampoo::root_spec(rank, options),
-                    _ => kradagrad_star::root_spec(rank),
-                },
-            }
+        .then(|| RootRefresh {
+            dims: vec![true; rank],
+            spec: match variant {
+                Variant::Shampoo => shampoo::root_spec(rank, options, tau / options.statistics_compute_steps),
+                _ => kradagrad_star::root_spec(rank),
+            },
         });
     let direction = match tau < options.start_preconditioning_step {
         true => Direction::Gradient,

@@ -95,7 +95,6 @@ pub(crate) fn update_statistics<B: Backend>(
     // Every block's roots of every stale dim (the reference refreshes only the first block's).
     let refresh = t.is_multiple_of(options.preconditioning_compute_steps).then(|| {
         let stale = std::mem::replace(factors.stale_dims, vec![false; dims.len()]);
-        touched.roots = stale.clone();
         RootRefresh {
             dims: stale,
             spec: RootSpec::positive(2),

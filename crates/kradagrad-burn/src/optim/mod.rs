@@ -8,4 +8,4 @@ pub mod shampoo;
 mod state;
 
 pub use batched::{BatchedOptimizer, BatchedState, ClassState};
-pub use state::{FactorGroup, PreconditionerState};
+pub use state::{FactorGroup, PreconditionerState, StateOrigin};

@@ -43,11 +43,28 @@ pub(crate) fn update_statistic<B: Backend>(l: Tensor<B, 3>, gram: Tensor<B, 3>, 
     }
 }
 
-/// `P = L^(-1/(2k))` (or `-1/override`), eigenvalues clamped below at `eps`.
-pub(crate) fn root_spec(rank: usize, options: &Options) -> RootSpec {
+/// `P = (L + r I)^(-1/(2k))` (or `-1/override`) after `updates` statistics
+/// updates, eigenvalues clamped below at `eps` by the eigendecomposition.
+///
+/// The ridge `r = max(0, eps / 2 - beta2^updates eps)` keeps the root bounded
+/// under EMA statistics: `L` starts at `eps I` and decays by `beta2` per
+/// update, so after `n` updates `L = beta2^n eps I + EMA(Gram)`, and in
+/// directions the gradient no longer reaches its eigenvalues fall toward 0,
+/// where an inverse root has no bound (the Newton method has no eigenvalue
+/// floor to clamp at). With the ridge the root sees every eigenvalue at
+/// least `eps / 2`, so `P <= (eps / 2)^(-1/(2k))`. The ridge is 0 while the
+/// decayed floor is above `eps / 2` (always with `beta2 = 1`), and it shifts
+/// an eigenvalue the gradient does reach by at most `eps / 2`: against the
+/// reference's clamp at `eps`, half the shift a full floor at `eps` would
+/// make (docs/algorithm.md, "EMA statistics").
+pub(crate) fn root_spec(rank: usize, options: &Options, updates: usize) -> RootSpec {
     let order = match options.inverse_exponent_override {
         0 => 2 * rank as u32,
         o => o,
     };
-    RootSpec::inverse(order, options.matrix_eps)
+    let decayed = options.beta2.powi(updates.min(i32::MAX as usize) as i32);
+    RootSpec {
+        shift: options.matrix_eps * (0.5 - decayed).max(0.0),
+        ..RootSpec::inverse(order, options.matrix_eps)
+    }
 }

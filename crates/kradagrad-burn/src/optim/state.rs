@@ -6,6 +6,42 @@ use burn::tensor::{backend::Backend, DType, Tensor};
 use crate::layout::BlockLayout;
 use crate::roots::batch_identity;
 
+/// What a state was written for: the optimizer and the config fields that
+/// decide its layout. A state is checked against it when it is used again,
+/// so that one loaded into another optimizer (KrADagrad*'s inverse
+/// statistics read as Shampoo's statistics, say) or under another layout is
+/// a clear error rather than a silent misreading.
+#[derive(Record, Clone, Debug, PartialEq, Eq)]
+pub struct StateOrigin {
+    /// `KradagradStar`, `Kradagrad` or `Shampoo`.
+    pub optimizer: String,
+    /// The config's `block_size`.
+    pub block_size: Option<usize>,
+    /// The config's `merge_dims`.
+    pub merge_dims: bool,
+}
+
+impl StateOrigin {
+    /// Panics, naming both sides, unless `self` (read from a state) is `expected`.
+    pub(crate) fn check(&self, expected: &StateOrigin, what: &str) {
+        if self != expected {
+            panic!(
+                "kradagrad-burn: {what} was written by {} and is used by {}. Start from a fresh \
+                 state, or load it into the optimizer and layout it was written by.",
+                self.describe(),
+                expected.describe()
+            );
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} (block_size {:?}, merge_dims {})",
+            self.optimizer, self.block_size, self.merge_dims
+        )
+    }
+}
+
 /// The factors of one region of equally shaped blocks (see [`crate::layout`]):
 /// for every merged dim `i`, a `[blocks, d_i, d_i]` batch.
 #[derive(Record, Clone, Debug)]
@@ -127,12 +163,16 @@ pub struct PreconditionerState<B: Backend, const D: usize> {
     pub graft: Option<Tensor<B, D>>,
     /// Momentum buffer, if momentum is on.
     pub momentum: Option<Tensor<B, D>>,
+    /// What the state was written for (`None` in states saved before this
+    /// field existed, which are checked by their tensor shapes only).
+    pub origin: Option<StateOrigin>,
 }
 
 impl<B: Backend, const D: usize> PreconditionerState<B, D> {
     /// A fresh state: statistics `scale * I`, roots `I`, no buffers, in `dtype`.
     pub(crate) fn new(
         layout: &BlockLayout,
+        origin: StateOrigin,
         scale: f64,
         stale: bool,
         device: &B::Device,
@@ -149,12 +189,20 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
             stale_dims: if stale { vec![false; layout.rank()] } else { vec![] },
             graft: None,
             momentum: None,
+            origin: Some(origin),
         }
     }
 
     /// Panics with a clear message when the state (e.g. loaded from a
-    /// checkpoint) does not fit the parameter's layout.
-    pub(crate) fn check_layout(&self, layout: &BlockLayout, stale: bool) {
+    /// checkpoint) was written by another optimizer or layout than `origin`,
+    /// or does not fit the parameter's layout.
+    pub(crate) fn check_fits(&self, layout: &BlockLayout, origin: &StateOrigin, stale: bool) {
+        if let Some(written) = &self.origin {
+            written.check(
+                origin,
+                &format!("the optimizer state of the parameter of shape {:?}", layout.shape),
+            );
+        }
         let mismatch = |what: String| -> ! {
             panic!(
                 "kradagrad-burn: the optimizer state does not match the parameter of shape {:?} \
@@ -204,6 +252,7 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
             stale_dims: self.stale_dims,
             graft: self.graft.map(|t| t.to_device(device)),
             momentum: self.momentum.map(|t| t.to_device(device)),
+            origin: self.origin,
         }
     }
 }

@@ -1,0 +1,273 @@
+//! The edges of a step on burn-ndarray, bitwise where the rule is exact:
+//! a skipped step on a root refresh leaves no root stale, a state names the
+//! optimizer and layout that wrote it (every pair of optimizers, both front
+//! ends), and KrADagrad's pending roots survive a save and load. Shampoo's
+//! EMA statistics, and the float-type rule, are checked on every backend
+//! (tests/common).
+
+mod common;
+
+use burn::backend::{Autodiff, NdArray};
+use burn::module::{Module, Param};
+use burn::optim::{GradientsParams, Optimizer, SimpleOptimizer};
+use burn::record::{BinBytesRecorder, DoublePrecisionSettings, Recorder};
+use burn::tensor::{Tensor, TensorData};
+use kradagrad_burn::{KradagradConfig, KradagradStarConfig, ShampooConfig};
+use kradagrad_burn_suite::mlp::{train, Mlp};
+
+type B = NdArray<f64>;
+type AB = Autodiff<NdArray<f64>>;
+
+// ---------------------------------------------------------------- skipped steps
+
+/// One `[4, 3]` weight: merged rank 2, so KrADagrad updates one of two dims
+/// per statistics step and keeps the other's root pending.
+#[derive(Module, Debug)]
+struct Weight<B: burn::tensor::backend::Backend> {
+    w: Param<Tensor<B, 2>>,
+}
+
+/// KrADagrad with statistics on even steps and roots every third step (its
+/// counter starts at 0): step 3 refreshes the root of dim 0, updated at step
+/// 2, without updating any statistic.
+fn pending_root_config() -> KradagradConfig {
+    KradagradConfig::new()
+        .with_statistics_compute_steps(2)
+        .with_preconditioning_compute_steps(3)
+        .with_momentum(0.0)
+}
+
+/// The gradients of both runs: `grads[3]` is the step the runs differ at.
+fn gradients() -> Vec<Tensor<B, 2>> {
+    (0..8)
+        .map(|k| common::normal([4, 3], 100 + k, &Default::default()))
+        .collect()
+}
+
+/// A gradient whose first entry is NaN.
+fn poisoned(grad: &Tensor<B, 2>) -> Tensor<B, 2> {
+    let mut values = grad.to_data().to_vec::<f64>().unwrap();
+    values[0] = f64::NAN;
+    Tensor::from_data(
+        TensorData::new(values, [4, 3]),
+        (&Default::default(), burn::tensor::DType::F64),
+    )
+}
+
+/// A NaN gradient on a root step that updates no statistic is skipped: the
+/// parameter and statistics stay, and the root due is taken of them. So the
+/// run continues exactly as one whose step 3 was valid but at lr 0 (which
+/// moves nothing and, with no momentum, leaves nothing behind but the same
+/// refreshed root). Rolling the refreshed root back with the skipped step
+/// instead would leave it stale, and the runs would part at step 4.
+#[test]
+fn a_skipped_refresh_step_leaves_no_root_stale() {
+    let optimizer = pending_root_config().build();
+    let grads = gradients();
+    let start: Tensor<B, 2> = common::normal([4, 3], 1, &Default::default());
+    let run = |bad_step: bool| {
+        let (mut param, mut state) = (start.clone(), None);
+        let mut trajectory = vec![];
+        for (k, grad) in grads.iter().enumerate() {
+            let (lr, grad) = match (k, bad_step) {
+                (3, true) => (0.05, poisoned(grad)),
+                (3, false) => (0.0, grad.clone()),
+                _ => (0.05, grad.clone()),
+            };
+            (param, state) = SimpleOptimizer::<B>::step(&optimizer, lr, param, grad, state);
+            trajectory.push(param.to_data());
+        }
+        (trajectory, common::snapshot(&state.unwrap()))
+    };
+    let (skipped, skipped_state) = run(true);
+    let (zero_rate, zero_rate_state) = run(false);
+    assert_eq!(skipped[3], skipped[2], "the skipped step moved the parameter");
+    assert_eq!(skipped, zero_rate, "the trajectories part after the skipped step");
+    assert_eq!(skipped_state, zero_rate_state);
+}
+
+/// The same through the whole-model front end, whose statistics are stacked.
+#[test]
+fn a_skipped_refresh_step_leaves_no_root_stale_batched() {
+    let grads = gradients();
+    let device = Default::default();
+    let start = Weight::<AB> {
+        w: Param::from_tensor(common::normal([4, 3], 1, &device)),
+    };
+    let run = |bad_step: bool| {
+        let mut optimizer = pending_root_config().init_batched::<AB, Weight<AB>>();
+        let mut model = start.clone();
+        let mut trajectory = vec![];
+        for (k, grad) in grads.iter().enumerate() {
+            let (lr, grad) = match (k, bad_step) {
+                (3, true) => (0.05, poisoned(grad)),
+                (3, false) => (0.0, grad.clone()),
+                _ => (0.05, grad.clone()),
+            };
+            let mut gradients = GradientsParams::new();
+            gradients.register(model.w.id, grad);
+            model = optimizer.step(lr, model, gradients);
+            trajectory.push(model.w.val().to_data());
+        }
+        (trajectory, common::batched_snapshot(optimizer.state().unwrap()))
+    };
+    let (skipped, skipped_state) = run(true);
+    let (zero_rate, zero_rate_state) = run(false);
+    assert_eq!(skipped[3], skipped[2], "the skipped step moved the parameter");
+    assert_eq!(skipped, zero_rate, "the trajectories part after the skipped step");
+    assert_eq!(skipped_state, zero_rate_state);
+}
+
+// ---------------------------------------------------------------- origins
+
+/// Two steps with `from`, its state saved and loaded into `to` (the bytes
+/// of one record read as the other's), one step: the panic message, which
+/// must name both sides.
+fn cross_load<F, T>(from: F, to: T) -> String
+where
+    F: Optimizer<Mlp<AB>, AB>,
+    T: Optimizer<Mlp<AB>, AB>,
+{
+    let device = Default::default();
+    let recorder = BinBytesRecorder::<DoublePrecisionSettings>::default();
+    let (model, data) = common::problem::<AB>(&device);
+    let (model, from, _) = train(model, from, &data, 0.05, 2);
+    let bytes = recorder.record(from.to_record(), ()).unwrap();
+    let record: T::Record = recorder.load(bytes, &device).expect("the states have one format");
+    let to = to.load_record(record);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train(model, to, &data, 0.05, 1)));
+    common::panic_message(
+        outcome
+            .err()
+            .expect("a state from another optimizer must be rejected"),
+    )
+}
+
+fn assert_names_both(message: &str, written: &str, used: &str) {
+    assert!(
+        message.contains(&format!("was written by {written} ("))
+            && message.contains(&format!("is used by {used} (")),
+        "{message}"
+    );
+}
+
+macro_rules! every_pair {
+    ($init:ident) => {{
+        let star = || KradagradStarConfig::new().$init::<AB, Mlp<AB>>();
+        let mm = || KradagradConfig::new().$init::<AB, Mlp<AB>>();
+        let shampoo = || ShampooConfig::new().$init::<AB, Mlp<AB>>();
+        assert_names_both(&cross_load(star(), mm()), "KradagradStar", "Kradagrad");
+        assert_names_both(&cross_load(star(), shampoo()), "KradagradStar", "Shampoo");
+        assert_names_both(&cross_load(mm(), star()), "Kradagrad", "KradagradStar");
+        assert_names_both(&cross_load(mm(), shampoo()), "Kradagrad", "Shampoo");
+        assert_names_both(&cross_load(shampoo(), star()), "Shampoo", "KradagradStar");
+        assert_names_both(&cross_load(shampoo(), mm()), "Shampoo", "Kradagrad");
+    }};
+}
+
+#[test]
+fn a_state_from_another_optimizer_names_both_per_parameter() {
+    every_pair!(init);
+}
+
+#[test]
+fn a_state_from_another_optimizer_names_both_batched() {
+    every_pair!(init_batched);
+}
+
+/// Another `block_size` or `merge_dims` (here with the same factor shapes,
+/// which the tensor shapes alone would let through) is named as well.
+#[test]
+fn a_state_from_another_layout_names_both() {
+    let star = |block, merge| {
+        KradagradStarConfig::new()
+            .with_block_size(block)
+            .with_merge_dims(merge)
+    };
+    let message = cross_load(
+        star(Some(128), true).init::<AB, Mlp<AB>>(),
+        star(Some(256), true).init::<AB, Mlp<AB>>(),
+    );
+    assert!(
+        message.contains("KradagradStar (block_size Some(128), merge_dims true)")
+            && message.contains("KradagradStar (block_size Some(256), merge_dims true)"),
+        "{message}"
+    );
+    let message = cross_load(
+        star(Some(128), true).init_batched::<AB, Mlp<AB>>(),
+        star(Some(128), false).init_batched::<AB, Mlp<AB>>(),
+    );
+    assert!(
+        message.contains("merge_dims true") && message.contains("merge_dims false"),
+        "{message}"
+    );
+}
+
+// ---------------------------------------------------------------- pending roots across a checkpoint
+
+/// `steps` steps on the quadratic of `tests/common`.
+fn quadratic_steps<O: Optimizer<common::Square<AB>, AB>>(
+    mut square: common::Square<AB>,
+    optimizer: &mut O,
+    h: &[Tensor<AB, 2>; 2],
+    steps: usize,
+) -> common::Square<AB> {
+    for _ in 0..steps {
+        let grads = GradientsParams::from_grads(common::quadratic_loss(&square, h).backward(), &square);
+        square = optimizer.step(0.02, square, grads);
+    }
+    square
+}
+
+/// KrADagrad (roots every 4 steps) on the 32x32 quadratic: six steps, a save
+/// and load of the optimizer, six more, against the uninterrupted run. After
+/// six steps the root of dim 1 is pending (dim 1 is updated at the counter's
+/// 5), and the load must keep it for the refresh at 8, the last before the
+/// end; lost, that root would end the run as it was at 4 (the parameter then
+/// ends about 50% away). The state goes through an f64 recorder
+/// (`DoublePrecisionSettings`: Burn's `FullPrecisionSettings` stores f32), and
+/// the final parameter and every state tensor must be bitwise those of the
+/// straight run.
+fn kradagrad_resumes<O, I, S>(init: I, state_of: S)
+where
+    O: Optimizer<common::Square<AB>, AB>,
+    I: Fn() -> O,
+    S: Fn(&O) -> Vec<TensorData>,
+{
+    let device = Default::default();
+    let recorder = BinBytesRecorder::<DoublePrecisionSettings>::default();
+    let (start, h) = common::quadratic::<AB>(&device);
+    let mut straight = init();
+    let straight_end = quadratic_steps(start.clone(), &mut straight, &h, 12);
+    let mut first = init();
+    let middle = quadratic_steps(start, &mut first, &h, 6);
+    let bytes = recorder.record(first.to_record(), ()).unwrap();
+    let mut resumed = init().load_record(recorder.load(bytes, &device).unwrap());
+    let resumed_end = quadratic_steps(middle, &mut resumed, &h, 6);
+    assert_eq!(
+        resumed_end.x.val().to_data(),
+        straight_end.x.val().to_data(),
+        "the resumed run's parameter differs from the straight run's"
+    );
+    assert_eq!(
+        state_of(&resumed),
+        state_of(&straight),
+        "the resumed run's state differs from the straight run's"
+    );
+}
+
+#[test]
+fn kradagrad_pending_roots_survive_a_checkpoint() {
+    let config = KradagradConfig::new().with_preconditioning_compute_steps(4);
+    kradagrad_resumes(
+        || config.init::<AB, common::Square<AB>>(),
+        |optimizer| {
+            let record = optimizer.to_record().into_values().next().expect("one parameter");
+            common::snapshot(&record.into_state::<2>())
+        },
+    );
+    kradagrad_resumes(
+        || config.init_batched::<AB, common::Square<AB>>(),
+        |optimizer| common::batched_snapshot(optimizer.state().expect("a state")),
+    );
+}
