@@ -1,7 +1,9 @@
-//! The edges of a step on burn-ndarray, bitwise where the rule is exact:
-//! a skipped step on a root refresh leaves no root stale, a state names the
-//! optimizer and layout that wrote it (every pair of optimizers, both front
-//! ends), and KrADagrad's pending roots survive a save and load. Shampoo's
+//! The edges of a step on burn-ndarray in f64 (the one float type of this
+//! process), bitwise where the rule is exact: a skipped step on a root
+//! refresh leaves no root stale, a state names the optimizer and layout that
+//! wrote it (every pair of optimizers, both front ends), KrADagrad's pending
+//! roots survive a save and load, and in the whole-model front end a
+//! parameter may skip steps (a branch not taken, a frozen or unfrozen layer). Shampoo's
 //! EMA statistics, and the float-type rule, are checked on every backend
 //! (tests/common).
 
@@ -11,8 +13,9 @@ use burn::backend::{Autodiff, NdArray};
 use burn::module::{Module, Param};
 use burn::optim::{GradientsParams, Optimizer, SimpleOptimizer};
 use burn::record::{BinBytesRecorder, DoublePrecisionSettings, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
-use kradagrad_burn::{KradagradConfig, KradagradStarConfig, ShampooConfig};
+use kradagrad_burn::{Grafting, KradagradConfig, KradagradStarConfig, ShampooConfig};
 use kradagrad_burn_suite::mlp::{train, Mlp};
 
 type B = NdArray<f64>;
@@ -270,4 +273,150 @@ fn kradagrad_pending_roots_survive_a_checkpoint() {
         || config.init_batched::<AB, common::Square<AB>>(),
         |optimizer| common::batched_snapshot(optimizer.state().expect("a state")),
     );
+}
+
+// ---------------------------------------------------------------- parameters that skip steps
+
+/// Three parameters that the loss uses or not, step by step.
+#[derive(Module, Debug)]
+struct Three<B: Backend> {
+    a: Param<Tensor<B, 2>>,
+    b: Param<Tensor<B, 2>>,
+    c: Param<Tensor<B, 1>>,
+}
+
+fn three<B: Backend>() -> Three<B> {
+    let device = Default::default();
+    Three {
+        a: Param::from_tensor(common::normal([6, 5], 1, &device)),
+        b: Param::from_tensor(common::normal([5, 4], 2, &device)),
+        c: Param::from_tensor(common::normal([7], 3, &device)),
+    }
+}
+
+/// Which of `a`, `b`, `c` the loss uses at each step: `b` is not used at
+/// step 4 and stays frozen at 5, then returns with the state it kept; `c`
+/// first appears at step 3 (fresh state); at step 7 only `b` is used.
+const USED: [[bool; 3]; 8] = [
+    [true, true, false],
+    [true, true, false],
+    [true, true, true],
+    [true, false, true],
+    [true, false, true],
+    [true, true, true],
+    [false, true, false],
+    [true, true, true],
+];
+
+/// `sum(k (p - 1)^2)` over the parameters in `used`, with a different
+/// curvature `k` each.
+fn three_loss<B: Backend>(m: &Three<B>, used: [bool; 3]) -> Tensor<B, 1> {
+    let mut terms: Vec<Tensor<B, 1>> = vec![];
+    if used[0] {
+        terms.push(m.a.val().sub_scalar(1.0).square().mul_scalar(1.0).sum());
+    }
+    if used[1] {
+        terms.push(m.b.val().sub_scalar(1.0).square().mul_scalar(0.5).sum());
+    }
+    if used[2] {
+        terms.push(m.c.val().sub_scalar(1.0).square().mul_scalar(2.0).sum());
+    }
+    terms.into_iter().reduce(|x, y| x + y).expect("one term")
+}
+
+/// The steps `range` of [`USED`]; returns the model after each step.
+fn three_steps<B: AutodiffBackend, O: Optimizer<Three<B>, B>>(
+    mut model: Three<B>,
+    optimizer: &mut O,
+    range: std::ops::Range<usize>,
+) -> (Three<B>, Vec<Vec<f64>>) {
+    let mut after = vec![];
+    for step in range {
+        let grads = GradientsParams::from_grads(three_loss(&model, USED[step]).backward(), &model);
+        model = optimizer.step(0.1, model, grads);
+        after.push(common::module_values(&model));
+    }
+    (model, after)
+}
+
+/// The largest entry gap of two runs, relative to the largest entry.
+fn gap(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    let scale = b.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+/// A parameter without a gradient at a step keeps its value and state, one
+/// that first gets a gradient later joins with a fresh state, and one that
+/// comes back continues from the state it kept: step for step the updates of
+/// Burn's `OptimizerAdaptor` over the per-parameter optimizer (to 1e-12 in
+/// f64, the front ends' round-off), for each optimizer, with schedules that
+/// read the step counter (KrADagrad's one-factor schedule, roots every 2nd
+/// step, statistics every 2nd step).
+#[test]
+fn parameters_may_skip_steps() {
+    macro_rules! compare {
+        ($name:expr, $config:expr) => {{
+            let config = $config;
+            let (_, per_parameter) = three_steps(three::<AB>(), &mut config.init(), 0..8);
+            let (_, batched) = three_steps(three::<AB>(), &mut config.init_batched(), 0..8);
+            let gap = gap(&batched, &per_parameter);
+            assert!(gap <= 1e-12, "{}: the batched run differs by {gap:e}", $name);
+            // b stays put at steps 4 and 5 (indices 3, 4), c until step 3.
+            let b = 30..50;
+            assert_eq!(batched[3][b.clone()], batched[2][b.clone()], "{}", $name);
+            assert_eq!(batched[4][b.clone()], batched[2][b], "{}", $name);
+        }};
+    }
+    let blocked = |c: KradagradStarConfig| c.with_block_size(Some(4)).with_preconditioning_compute_steps(2);
+    compare!(
+        "kradagrad*",
+        blocked(KradagradStarConfig::new()).with_grafting(Grafting::Adam)
+    );
+    compare!(
+        "kradagrad*, statistics every 2nd step",
+        blocked(KradagradStarConfig::new()).with_statistics_compute_steps(2)
+    );
+    compare!(
+        "kradagrad",
+        KradagradConfig::new()
+            .with_block_size(Some(4))
+            .with_preconditioning_compute_steps(2)
+    );
+    compare!(
+        "shampoo",
+        ShampooConfig::new()
+            .with_block_size(Some(4))
+            .with_preconditioning_compute_steps(2)
+            .with_grafting(Grafting::AdaGrad)
+    );
+}
+
+/// A state saved while a parameter is parked (after step 5, with `b`
+/// frozen) loads and continues bitwise as the uninterrupted run, `b`'s kept
+/// state included.
+#[test]
+fn a_parked_parameter_survives_a_checkpoint() {
+    let config = KradagradConfig::new()
+        .with_block_size(Some(4))
+        .with_preconditioning_compute_steps(2);
+    let recorder = BinBytesRecorder::<DoublePrecisionSettings>::default();
+    let (_, straight) = three_steps(three::<AB>(), &mut config.init_batched(), 0..8);
+    let mut first = config.init_batched::<AB, Three<AB>>();
+    let (model, mut resumed) = three_steps(three::<AB>(), &mut first, 0..5);
+    let record = first.to_record();
+    assert_eq!(
+        record.parked.as_ref().map(Vec::len),
+        Some(1),
+        "b is parked after step 5"
+    );
+    let bytes = recorder.record(record, ()).unwrap();
+    let mut loaded = config
+        .init_batched::<AB, Three<AB>>()
+        .load_record(recorder.load(bytes, &Default::default()).unwrap());
+    resumed.extend(three_steps(model, &mut loaded, 5..8).1);
+    assert_eq!(resumed, straight);
 }

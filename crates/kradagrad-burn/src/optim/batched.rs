@@ -14,11 +14,18 @@
 //! same updates to round-off; grafting, weight decay and momentum stay per
 //! parameter. docs/performance.md has the measurements.
 //!
+//! A parameter without a gradient at a step (a branch not taken, a frozen
+//! layer) is left as it is and its state kept, as Burn's `OptimizerAdaptor`
+//! does, and one whose gradient first appears later joins with a fresh state:
+//! when the set of parameters with a gradient changes, the stacks are
+//! rebuilt once for the new set (a parameter that skipped steps is stacked
+//! only with parameters at the same step, so that each keeps its own
+//! schedule), and stay as they are while the set does not change.
+//!
 //! Differences from the per-parameter path: the factors live in the
 //! optimizer's own stacked layout (its [`BatchedState`] record is not
-//! interchangeable with `OptimizerAdaptor`'s); every parameter that has a
-//! gradient must have one at every step (the stacks are fixed at the first
-//! step); all parameters must live on one device; and under
+//! interchangeable with `OptimizerAdaptor`'s); all parameters must live on
+//! one device; and under
 //! [`NonFiniteGradients::Skip`] a NaN or Inf in any gradient, or a model
 //! gradient whose squared norm overflows, skips the whole step for every
 //! parameter (as mixed-precision loss scaling does), because
@@ -41,10 +48,10 @@ use super::engine::{
 };
 use super::kradagrad::largest_dim;
 use super::state::{factors_mismatch, tensor_bytes};
-use super::{FactorGroup, StateOrigin};
+use super::{FactorGroup, PreconditionerState, StateOrigin};
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
-use crate::layout::{flatten, reshape, stack, unstack_flat, BlockLayout};
+use crate::layout::{flatten, reshape, stack, unstack, unstack_flat, BlockLayout};
 
 /// The state of a [`BatchedOptimizer`], also its Burn record.
 ///
@@ -66,6 +73,29 @@ pub struct BatchedState<B: Backend> {
     /// What the state was written for (`None` in states saved before this
     /// field existed, which are checked by their tensor shapes only).
     pub origin: Option<StateOrigin>,
+    /// Per parameter, the index in `classes` of the class its blocks are
+    /// stacked in (`None` for a parameter of merged rank 0). Absent in states
+    /// saved before parameters could skip steps: their classes follow the
+    /// merged rank (and, for KrADagrad, the position of the largest dim).
+    pub class_of: Option<Vec<Option<usize>>>,
+    /// The parameters that had a gradient at an earlier step but not at the
+    /// last one, each with its own state, kept for when its gradient returns
+    /// (as Burn's `OptimizerAdaptor` keeps the state of a parameter without a
+    /// gradient). `None` in states saved before this field existed.
+    pub parked: Option<Vec<ParkedState<B>>>,
+}
+
+/// A parameter's own state in a [`BatchedState`] while it has no gradient:
+/// its factors per region of its layout, step counter, KrADagrad's pending
+/// roots and its (flattened) graft and momentum buffers.
+#[derive(Record, Clone, Debug)]
+pub struct ParkedState<B: Backend> {
+    /// The parameter's id ([`ParamId::val`]).
+    pub param_id: u64,
+    /// The parameter's shape.
+    pub shape: Vec<usize>,
+    /// Its state, buffers flattened.
+    pub state: PreconditionerState<B, 1>,
 }
 
 /// The stacked factors of the parameters that share a merged rank (and, for
@@ -92,6 +122,8 @@ impl<B: Backend> BatchedState<B> {
             graft: vec![],
             momentum: vec![],
             origin: None,
+            class_of: None,
+            parked: None,
         }
     }
 
@@ -110,7 +142,8 @@ impl<B: Backend> BatchedState<B> {
             .flatten()
             .map(tensor_bytes)
             .sum();
-        factors + buffers
+        let parked: usize = self.parked.iter().flatten().map(|p| p.state.size_bytes()).sum();
+        factors + buffers + parked
     }
 
     /// Applies `f3` to every factor tensor and `f1` to every buffer.
@@ -134,6 +167,17 @@ impl<B: Backend> BatchedState<B> {
             graft: self.graft.into_iter().map(|b| b.map(&f1)).collect(),
             momentum: self.momentum.into_iter().map(|b| b.map(&f1)).collect(),
             origin: self.origin,
+            class_of: self.class_of,
+            parked: self.parked.map(|parked| {
+                parked
+                    .into_iter()
+                    .map(|p| ParkedState {
+                        param_id: p.param_id,
+                        shape: p.shape,
+                        state: p.state.map_tensors(&f3, &f1),
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -163,7 +207,8 @@ impl GroupPlan {
 }
 
 /// Parameters preconditioned together: same merged rank (and, for KrADagrad,
-/// same schedule).
+/// same schedule), same step counter and, for KrADagrad, the same pending
+/// roots.
 #[derive(Debug, Clone)]
 struct ClassPlan {
     /// The merged dims of the class's first parameter: what KrADagrad's
@@ -181,52 +226,122 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(shapes: &[Vec<usize>], options: &Options, variant: Variant) -> Self {
+    /// The plan of parameters of `shapes`, classed by `key` (parameters of
+    /// equal keys share a class; `key` is only asked for parameters of merged
+    /// rank 1 or more), with the class of each parameter (see
+    /// [`BatchedState::class_of`]).
+    fn by_key<K: PartialEq>(
+        shapes: &[Vec<usize>],
+        options: &Options,
+        mut key: impl FnMut(usize, &BlockLayout) -> K,
+    ) -> (Self, Vec<Option<usize>>) {
         let layouts: Vec<_> = shapes
             .iter()
             .map(|s| BlockLayout::new(s, options.block_size, options.merge_dims))
             .collect();
-        let mut keys: Vec<(usize, usize)> = vec![];
-        let mut classes: Vec<ClassPlan> = vec![];
-        for (p, layout) in layouts.iter().enumerate() {
-            if layout.rank() == 0 {
-                continue;
-            }
-            // KrADagrad's schedule depends on the rank and the first largest dim.
-            let largest = match variant {
-                Variant::Kradagrad => largest_dim(&layout.dims),
-                _ => 0,
-            };
-            let key = (layout.rank(), largest);
-            let c = match keys.iter().position(|k| *k == key) {
-                Some(c) => c,
-                None => {
-                    keys.push(key);
-                    classes.push(ClassPlan {
-                        dims: layout.dims.clone(),
-                        groups: vec![],
-                    });
-                    classes.len() - 1
+        let mut keys: Vec<K> = vec![];
+        let class_of: Vec<Option<usize>> = layouts
+            .iter()
+            .enumerate()
+            .map(|(p, layout)| {
+                if layout.rank() == 0 {
+                    return None;
                 }
-            };
+                let k = key(p, layout);
+                Some(match keys.iter().position(|known| *known == k) {
+                    Some(c) => c,
+                    None => {
+                        keys.push(k);
+                        keys.len() - 1
+                    }
+                })
+            })
+            .collect();
+        (Self::with_classes(layouts, &class_of), class_of)
+    }
+
+    /// The plan of parameters laid out as `layouts`, stacked in the classes
+    /// `class_of` names.
+    fn with_classes(layouts: Vec<BlockLayout>, class_of: &[Option<usize>]) -> Self {
+        let count = class_of.iter().flatten().map(|&c| c + 1).max().unwrap_or(0);
+        let mut classes: Vec<Option<ClassPlan>> = vec![None; count];
+        for (p, (layout, class)) in layouts.iter().zip(class_of).enumerate() {
+            let Some(&c) = class.as_ref() else { continue };
+            let class = classes[c].get_or_insert_with(|| ClassPlan {
+                dims: layout.dims.clone(),
+                groups: vec![],
+            });
             for (r, region) in layout.regions.iter().enumerate() {
                 let member = Member {
                     param: p,
                     region: r,
                     blocks: region.num_blocks(),
                 };
-                let groups = &mut classes[c].groups;
-                match groups.iter_mut().find(|g| g.block_dims == region.block_dims) {
+                match class
+                    .groups
+                    .iter_mut()
+                    .find(|g| g.block_dims == region.block_dims)
+                {
                     Some(g) => g.members.push(member),
-                    None => groups.push(GroupPlan {
+                    None => class.groups.push(GroupPlan {
                         block_dims: region.block_dims.clone(),
                         members: vec![member],
                     }),
                 }
             }
         }
+        let classes = classes
+            .into_iter()
+            .map(|c| c.expect("every class index has a member"))
+            .collect();
         Self { layouts, classes }
     }
+
+    /// The plan of a state written before states recorded
+    /// [`BatchedState::class_of`]: classed by merged rank and, for KrADagrad,
+    /// the position of the largest merged dim (all its parameters had
+    /// stepped together).
+    fn by_schedule(shapes: &[Vec<usize>], options: &Options, variant: Variant) -> (Self, Vec<Option<usize>>) {
+        Self::by_key(shapes, options, |_, layout| schedule_key(variant, layout))
+    }
+
+    /// The plan a state records.
+    fn of_state<B: Backend>(state: &BatchedState<B>, options: &Options, variant: Variant) -> Self {
+        match &state.class_of {
+            Some(class_of) if class_of.len() == state.shapes.len() => {
+                let layouts = state
+                    .shapes
+                    .iter()
+                    .map(|s| BlockLayout::new(s, options.block_size, options.merge_dims))
+                    .collect::<Vec<_>>();
+                let ranks_fit = layouts
+                    .iter()
+                    .zip(class_of)
+                    .all(|(l, c)| (l.rank() == 0) == c.is_none());
+                if !ranks_fit || class_of.iter().flatten().any(|&c| c >= state.classes.len()) {
+                    state_mismatch("its class assignment does not fit its parameters' layouts".into());
+                }
+                Self::with_classes(layouts, class_of)
+            }
+            Some(class_of) => state_mismatch(format!(
+                "{} class assignments stored for {} parameters",
+                class_of.len(),
+                state.shapes.len()
+            )),
+            None => Self::by_schedule(&state.shapes, options, variant).0,
+        }
+    }
+}
+
+/// What parameters of one class share besides their step: the merged rank
+/// and, for KrADagrad, the position of the first largest merged dim, which
+/// fix the one-factor schedule.
+fn schedule_key(variant: Variant, layout: &BlockLayout) -> (usize, usize) {
+    let largest = match variant {
+        Variant::Kradagrad => largest_dim(&layout.dims),
+        _ => 0,
+    };
+    (layout.rank(), largest)
 }
 
 /// One parameter's blocks, one slot per region of its layout (emptied as
@@ -366,85 +481,254 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         self.state.as_ref()
     }
 
-    /// A fresh state for `entries`: statistics `scale * I` and roots `I`,
-    /// stacked as `plan` says, in the parameters' float type.
-    fn initial_state(
+    /// A fresh state of one parameter: statistics `scale * I`, roots `I`, no
+    /// buffers, in the parameter's float type.
+    fn fresh(
+        &self,
+        entry: &Entry<B::InnerBackend>,
+        layout: &BlockLayout,
+    ) -> PreconditionerState<B::InnerBackend, 1> {
+        PreconditionerState::new(
+            layout,
+            self.variant.origin(&self.options),
+            self.variant.initial_scale(&self.options),
+            self.variant == Variant::Kradagrad,
+            &entry.grad.device(),
+            entry.grad.dtype(),
+        )
+    }
+
+    /// The stacked state of `entries` from their own states (in `entries`'
+    /// order), with `parked` kept aside, and its plan. Parameters of one
+    /// class share a merged rank (for KrADagrad, a schedule), a step counter
+    /// and pending roots.
+    fn restack(
         &self,
         entries: &[Entry<B::InnerBackend>],
-        plan: &Plan,
-    ) -> BatchedState<B::InnerBackend> {
-        let (device, dtype) = (entries[0].grad.device(), entries[0].grad.dtype());
-        let scale = self.variant.initial_scale(&self.options);
+        own: Vec<PreconditionerState<B::InnerBackend, 1>>,
+        parked: Vec<ParkedState<B::InnerBackend>>,
+    ) -> (BatchedState<B::InnerBackend>, Plan) {
+        let shapes: Vec<_> = entries.iter().map(|e| e.shape.clone()).collect();
+        let (plan, class_of) = Plan::by_key(&shapes, &self.options, |p, layout| {
+            (
+                schedule_key(self.variant, layout),
+                own[p].step,
+                own[p].stale_dims.clone(),
+            )
+        });
+        let mut regions: Vec<Vec<Option<FactorGroup<B::InnerBackend>>>> = own
+            .iter()
+            .map(|state| state.groups.iter().cloned().map(Some).collect())
+            .collect();
         let classes = plan
             .classes
             .iter()
-            .map(|class| ClassState {
-                step: 0,
-                groups: class
+            .map(|class| {
+                let first = class.groups[0].members[0].param;
+                let groups = class
                     .groups
                     .iter()
                     .map(|group| {
-                        FactorGroup::initial(group.num_blocks(), &group.block_dims, scale, &device, dtype)
+                        let parts: Vec<_> = group
+                            .members
+                            .iter()
+                            .map(|m| {
+                                regions[m.param][m.region]
+                                    .take()
+                                    .expect("each region stacked once")
+                            })
+                            .collect();
+                        let rank = class.dims.len();
+                        FactorGroup {
+                            statistics: (0..rank)
+                                .map(|i| stack(parts.iter().map(|g| g.statistics[i].clone()).collect()))
+                                .collect(),
+                            roots: (0..rank)
+                                .map(|i| stack(parts.iter().map(|g| g.roots[i].clone()).collect()))
+                                .collect(),
+                        }
                     })
-                    .collect(),
-                stale_dims: match self.variant {
-                    Variant::Kradagrad => vec![false; class.dims.len()],
-                    _ => vec![],
-                },
+                    .collect();
+                ClassState {
+                    step: own[first].step,
+                    groups,
+                    stale_dims: own[first].stale_dims.clone(),
+                }
             })
             .collect();
-        BatchedState {
+        let (graft, momentum) = own.into_iter().map(|state| (state.graft, state.momentum)).unzip();
+        let state = BatchedState {
             param_ids: entries.iter().map(|e| e.id.val()).collect(),
-            shapes: entries.iter().map(|e| e.shape.clone()).collect(),
+            shapes,
             classes,
-            graft: vec![None; entries.len()],
-            momentum: vec![None; entries.len()],
+            graft,
+            momentum,
             origin: Some(self.variant.origin(&self.options)),
+            class_of: Some(class_of),
+            parked: Some(parked),
+        };
+        (state, plan)
+    }
+
+    /// The states of the parameters of a stacked state: its active ones (as
+    /// `plan` stacks them, in its order), then its parked ones.
+    fn unstack(state: BatchedState<B::InnerBackend>, plan: &Plan) -> Vec<ParkedState<B::InnerBackend>> {
+        let origin = state.origin.clone();
+        let mut own: Vec<PreconditionerState<B::InnerBackend, 1>> = plan
+            .layouts
+            .iter()
+            .zip(state.graft)
+            .zip(state.momentum)
+            .map(|((layout, graft), momentum)| PreconditionerState {
+                step: 0,
+                groups: Vec::with_capacity(layout.regions.len()),
+                stale_dims: vec![],
+                graft,
+                momentum,
+                origin: origin.clone(),
+            })
+            .collect();
+        let mut regions: Vec<Vec<Option<FactorGroup<B::InnerBackend>>>> =
+            plan.layouts.iter().map(|l| vec![None; l.regions.len()]).collect();
+        for (class, class_state) in plan.classes.iter().zip(state.classes) {
+            for (group, stacked) in class.groups.iter().zip(class_state.groups) {
+                let counts: Vec<_> = group.members.iter().map(|m| m.blocks).collect();
+                let split =
+                    |tensors: Vec<Tensor<B::InnerBackend, 3>>| -> Vec<Vec<Tensor<B::InnerBackend, 3>>> {
+                        let per_dim: Vec<Vec<_>> = tensors.into_iter().map(|t| unstack(t, &counts)).collect();
+                        (0..counts.len())
+                            .map(|m| per_dim.iter().map(|parts| parts[m].clone()).collect())
+                            .collect()
+                    };
+                let statistics = split(stacked.statistics);
+                let roots = split(stacked.roots);
+                for ((m, statistics), roots) in group.members.iter().zip(statistics).zip(roots) {
+                    regions[m.param][m.region] = Some(FactorGroup { statistics, roots });
+                    own[m.param].step = class_state.step;
+                    own[m.param].stale_dims = class_state.stale_dims.clone();
+                }
+            }
         }
+        let active = own
+            .into_iter()
+            .zip(regions)
+            .zip(state.param_ids)
+            .zip(state.shapes)
+            .map(|(((mut own, regions), param_id), shape)| {
+                own.groups = regions
+                    .into_iter()
+                    .map(|r| r.expect("every region stacked"))
+                    .collect();
+                ParkedState {
+                    param_id,
+                    shape,
+                    state: own,
+                }
+            });
+        active.chain(state.parked.unwrap_or_default()).collect()
     }
 
     /// The state and plan for this step's parameters: fresh at the first
-    /// step, otherwise checked against them (clear panics on a mismatch).
+    /// step; the state as it is while the parameters with a gradient stay the
+    /// same; otherwise restacked, a parameter without a gradient parked with
+    /// its state and one seen for the first time joining with a fresh state.
+    /// Clear panics when a state does not fit.
     fn state_for(&mut self, entries: &[Entry<B::InnerBackend>]) -> (BatchedState<B::InnerBackend>, Plan) {
+        let layouts = || -> Vec<BlockLayout> {
+            entries
+                .iter()
+                .map(|e| BlockLayout::new(&e.shape, self.options.block_size, self.options.merge_dims))
+                .collect()
+        };
         let Some(state) = self.state.take() else {
-            let shapes: Vec<_> = entries.iter().map(|e| e.shape.clone()).collect();
-            let plan = Plan::new(&shapes, &self.options, self.variant);
-            return (self.initial_state(entries, &plan), plan);
+            let own = entries
+                .iter()
+                .zip(layouts())
+                .map(|(e, l)| self.fresh(e, &l))
+                .collect();
+            return self.restack(entries, own, vec![]);
         };
         if let Some(written) = &state.origin {
             written.check(&self.variant.origin(&self.options), "BatchedOptimizer's state");
         }
-        let ids: Vec<u64> = entries.iter().map(|e| e.id.val()).collect();
-        let shapes: Vec<_> = entries.iter().map(|e| e.shape.clone()).collect();
-        if state.param_ids != ids || state.shapes != shapes {
-            panic!(
-                "kradagrad-burn: BatchedOptimizer's state holds {} parameters of shapes {:?}, but this \
-                 step has gradients for {} parameters of shapes {:?}. Every parameter with a gradient \
-                 must have one at every step, and a loaded record must come from the same model and \
-                 optimizer; for parameters that skip steps use `init()` (one state per parameter).",
-                state.param_ids.len(),
-                state.shapes,
-                ids.len(),
-                shapes
-            );
-        }
+        let loaded = std::mem::take(&mut self.loaded);
         // A state this optimizer stepped keeps its plan; one loaded from a
-        // record gets a new plan, checked against it once.
+        // record gets the plan it records, checked against it once.
         let plan = match self.plan.take() {
             Some(plan) => plan,
             None => {
-                let plan = Plan::new(&shapes, &self.options, self.variant);
+                let plan = Plan::of_state(&state, &self.options, self.variant);
                 check_state(&state, &plan, self.variant);
                 plan
             }
         };
-        let state = if std::mem::take(&mut self.loaded) {
-            let device = entries[0].grad.device();
-            state.map_tensors(|t| t.to_device(&device), |t| t.to_device(&device))
+        // A loaded record lives on the device, and in the float type, Burn
+        // loaded it in (the device's default float type, which may not be the
+        // parameters'): it follows the parameters.
+        let state = if loaded {
+            let (device, dtype) = (entries[0].grad.device(), entries[0].grad.dtype());
+            state.map_tensors(
+                |t| t.to_device(&device).cast(dtype),
+                |t| t.to_device(&device).cast(dtype),
+            )
         } else {
             state
         };
-        (state, plan)
+        let ids: Vec<u64> = entries.iter().map(|e| e.id.val()).collect();
+        if state.param_ids == ids {
+            let shapes: Vec<_> = entries.iter().map(|e| e.shape.clone()).collect();
+            if state.shapes != shapes {
+                state_mismatch(format!(
+                    "it holds parameters of shapes {:?}, this step's have shapes {shapes:?}",
+                    state.shapes
+                ));
+            }
+            return (state, plan);
+        }
+        let known = |id: &u64| {
+            state.param_ids.contains(id) || state.parked.iter().flatten().any(|p| p.param_id == *id)
+        };
+        if loaded && !ids.iter().any(known) {
+            panic!(
+                "kradagrad-burn: BatchedOptimizer's loaded state holds parameters {:?} of shapes {:?}, none of \
+                 which has a gradient at this step (parameters {ids:?}): a loaded record must come from \
+                 the same model and optimizer.",
+                state.param_ids, state.shapes
+            );
+        }
+        let mut kept = Self::unstack(state, &plan);
+        let own = entries
+            .iter()
+            .zip(layouts())
+            .map(
+                |(entry, layout)| match kept.iter().position(|p| p.param_id == entry.id.val()) {
+                    Some(k) => {
+                        let parked = kept.remove(k);
+                        if parked.shape != entry.shape {
+                            state_mismatch(format!(
+                                "it holds a parameter of shape {:?} where this step's has shape {:?}",
+                                parked.shape, entry.shape
+                            ));
+                        }
+                        let expected: Vec<_> = layout
+                            .regions
+                            .iter()
+                            .map(|r| (r.num_blocks(), r.block_dims.as_slice()))
+                            .collect();
+                        let stale_rank = (self.variant == Variant::Kradagrad).then_some(layout.rank());
+                        let state = parked.state;
+                        if let Some(what) =
+                            factors_mismatch(&state.groups, &state.stale_dims, &expected, stale_rank)
+                        {
+                            state_mismatch(what);
+                        }
+                        state
+                    }
+                    None => self.fresh(entry, &layout),
+                },
+            )
+            .collect();
+        self.restack(entries, own, kept)
     }
 
     fn step_common(&mut self, lr: LearningRate, module: M, mut grads: GradAdaptor) -> M
@@ -674,15 +958,19 @@ fn keep_statistics<B: Backend>(
     }
 }
 
+/// Panics: a [`BatchedState`] does not fit the model's parameters (`what`
+/// says how).
+fn state_mismatch(what: String) -> ! {
+    panic!(
+        "kradagrad-burn: BatchedOptimizer's state does not fit the model's parameters ({what}). \
+         Was it saved with another model, optimizer or block_size/merge_dims?"
+    )
+}
+
 /// Panics with a clear message when `state` (e.g. from a checkpoint) does not
 /// have the stacked shapes `plan` expects.
 fn check_state<B: Backend>(state: &BatchedState<B>, plan: &Plan, variant: Variant) {
-    let mismatch = |what: String| -> ! {
-        panic!(
-            "kradagrad-burn: BatchedOptimizer's state does not fit the model's parameters ({what}). \
-             Was it saved with another optimizer or another block_size/merge_dims?"
-        )
-    };
+    let mismatch = state_mismatch;
     if state.classes.len() != plan.classes.len() {
         mismatch(format!(
             "{} classes stored, {} expected",

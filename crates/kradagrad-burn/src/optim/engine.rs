@@ -221,7 +221,7 @@ pub(crate) fn step<B: Backend, const D: usize>(
     let old = match state {
         Some(state) => {
             state.check_fits(&layout, &origin, stale);
-            state
+            state.in_float_type(tensor.dtype())
         }
         None => PreconditionerState::new(
             &layout,

@@ -7,5 +7,5 @@ pub mod kradagrad_star;
 pub mod shampoo;
 mod state;
 
-pub use batched::{BatchedOptimizer, BatchedState, ClassState};
+pub use batched::{BatchedOptimizer, BatchedState, ClassState, ParkedState};
 pub use state::{FactorGroup, PreconditionerState, StateOrigin};

@@ -240,18 +240,49 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
         factors + buffers
     }
 
+    /// The state in float type `dtype`: unchanged when its tensors have it.
+    /// Burn creates the tensors of a loaded record in the device's default
+    /// float type, which one process shares between backends of different
+    /// precisions; the state follows the parameter's instead. Reads the
+    /// tensors' dtypes only (host metadata, no synchronisation).
+    pub(crate) fn in_float_type(self, dtype: DType) -> Self {
+        let tensors_3 = self
+            .groups
+            .iter()
+            .flat_map(|g| g.statistics.iter().chain(&g.roots));
+        let mismatched = tensors_3
+            .map(|t| t.dtype())
+            .chain(
+                [&self.graft, &self.momentum]
+                    .into_iter()
+                    .flatten()
+                    .map(|t| t.dtype()),
+            )
+            .any(|d| d != dtype);
+        if !mismatched {
+            return self;
+        }
+        self.map_tensors(|t| t.cast(dtype), |t| t.cast(dtype))
+    }
+
     /// Moves every tensor to `device`.
     pub fn to_device(self, device: &B::Device) -> Self {
-        Self {
+        self.map_tensors(|t| t.to_device(device), |t| t.to_device(device))
+    }
+
+    /// Applies `f3` to every factor and `f1` to the graft and momentum
+    /// buffers (a move between devices or backends).
+    pub(crate) fn map_tensors<C: Backend>(
+        self,
+        f3: impl Fn(Tensor<B, 3>) -> Tensor<C, 3>,
+        f1: impl Fn(Tensor<B, D>) -> Tensor<C, D>,
+    ) -> PreconditionerState<C, D> {
+        PreconditionerState {
             step: self.step,
-            groups: self
-                .groups
-                .into_iter()
-                .map(|g| g.map(|t| t.to_device(device)))
-                .collect(),
+            groups: self.groups.into_iter().map(|g| g.map(&f3)).collect(),
             stale_dims: self.stale_dims,
-            graft: self.graft.map(|t| t.to_device(device)),
-            momentum: self.momentum.map(|t| t.to_device(device)),
+            graft: self.graft.map(&f1),
+            momentum: self.momentum.map(&f1),
             origin: self.origin,
         }
     }
