@@ -47,6 +47,16 @@ fn gradients() -> Vec<Tensor<B, 2>> {
         .collect()
 }
 
+/// The rate and gradient of step `k`: step 3 takes a NaN gradient in the
+/// run with the bad step, and the valid one at rate 0 in the other.
+fn step_input(k: usize, bad_step: bool, grad: &Tensor<B, 2>) -> (f64, Tensor<B, 2>) {
+    match (k, bad_step) {
+        (3, true) => (0.05, poisoned(grad)),
+        (3, false) => (0.0, grad.clone()),
+        _ => (0.05, grad.clone()),
+    }
+}
+
 /// A gradient whose first entry is NaN.
 fn poisoned(grad: &Tensor<B, 2>) -> Tensor<B, 2> {
     let mut values = grad.to_data().to_vec::<f64>().unwrap();
@@ -72,11 +82,7 @@ fn a_skipped_refresh_step_leaves_no_root_stale() {
         let (mut param, mut state) = (start.clone(), None);
         let mut trajectory = vec![];
         for (k, grad) in grads.iter().enumerate() {
-            let (lr, grad) = match (k, bad_step) {
-                (3, true) => (0.05, poisoned(grad)),
-                (3, false) => (0.0, grad.clone()),
-                _ => (0.05, grad.clone()),
-            };
+            let (lr, grad) = step_input(k, bad_step, grad);
             (param, state) = SimpleOptimizer::<B>::step(&optimizer, lr, param, grad, state);
             trajectory.push(param.to_data());
         }
@@ -102,11 +108,7 @@ fn a_skipped_refresh_step_leaves_no_root_stale_batched() {
         let mut model = start.clone();
         let mut trajectory = vec![];
         for (k, grad) in grads.iter().enumerate() {
-            let (lr, grad) = match (k, bad_step) {
-                (3, true) => (0.05, poisoned(grad)),
-                (3, false) => (0.0, grad.clone()),
-                _ => (0.05, grad.clone()),
-            };
+            let (lr, grad) = step_input(k, bad_step, grad);
             let mut gradients = GradientsParams::new();
             gradients.register(model.w.id, grad);
             model = optimizer.step(lr, model, gradients);

@@ -710,15 +710,9 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                                 parked.shape, entry.shape
                             ));
                         }
-                        let expected: Vec<_> = layout
-                            .regions
-                            .iter()
-                            .map(|r| (r.num_blocks(), r.block_dims.as_slice()))
-                            .collect();
-                        let stale_rank = (self.variant == Variant::Kradagrad).then_some(layout.rank());
                         let state = parked.state;
                         if let Some(what) =
-                            factors_mismatch(&state.groups, &state.stale_dims, &expected, stale_rank)
+                            state.factors_mismatch(&layout, self.variant == Variant::Kradagrad)
                         {
                             state_mismatch(what);
                         }

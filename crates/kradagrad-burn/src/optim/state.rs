@@ -211,13 +211,7 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
                 layout.shape, layout.dims
             )
         };
-        let expected: Vec<_> = layout
-            .regions
-            .iter()
-            .map(|region| (region.num_blocks(), region.block_dims.as_slice()))
-            .collect();
-        let stale_rank = stale.then_some(layout.rank());
-        if let Some(what) = factors_mismatch(&self.groups, &self.stale_dims, &expected, stale_rank) {
+        if let Some(what) = self.factors_mismatch(layout, stale) {
             mismatch(what);
         }
         for buffer in [&self.graft, &self.momentum].into_iter().flatten() {
@@ -225,6 +219,22 @@ impl<B: Backend, const D: usize> PreconditionerState<B, D> {
                 mismatch(format!("a buffer of shape {:?} stored", buffer.dims()));
             }
         }
+    }
+
+    /// What does not fit, if the factors (and, with `stale`, KrADagrad's
+    /// pending-root flags) are not those of a parameter laid out as `layout`.
+    pub(crate) fn factors_mismatch(&self, layout: &BlockLayout, stale: bool) -> Option<String> {
+        let expected: Vec<_> = layout
+            .regions
+            .iter()
+            .map(|region| (region.num_blocks(), region.block_dims.as_slice()))
+            .collect();
+        factors_mismatch(
+            &self.groups,
+            &self.stale_dims,
+            &expected,
+            stale.then_some(layout.rank()),
+        )
     }
 
     /// Bytes held by the state's tensors: statistics, roots and the graft and
