@@ -10,5 +10,6 @@ backend_tests!(
     burn::backend::ndarray::NdArrayDevice::Cpu,
     Some(()),
     Some(()),
+    bounds = kradagrad_burn_suite::replay::NDARRAY,
     resume_tolerance = None
 );

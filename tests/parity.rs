@@ -8,7 +8,9 @@
 //! checked on every backend by `tests/ndarray.rs` and `tests/wgpu.rs`.
 
 use kradagrad_burn::RootMethod;
-use kradagrad_burn_suite::replay::{replay, root_name, Outcome, ReplayOptions, VectorFile, ROOT_METHODS};
+use kradagrad_burn_suite::replay::{
+    bound_key, replay, root_name, Outcome, ReplayOptions, VectorFile, ROOT_METHODS, WGPU,
+};
 
 /// The vector files in `tests/data`, with the number of cases each holds.
 const FILES: [(&str, usize); 2] = [
@@ -46,18 +48,22 @@ fn all_cases_pass(root_method: RootMethod) {
 }
 
 #[test]
-fn every_case_has_its_own_bound_for_every_root_method() {
+fn every_case_has_its_own_bound_for_every_root_method_and_wgpu() {
     for (file, _) in FILES {
         for case in vectors(file).cases {
-            for method in ROOT_METHODS {
-                let bound = case.bounds.get(root_name(method)).copied();
+            let keys = ROOT_METHODS
+                .into_iter()
+                .map(root_name)
+                .map(String::from)
+                .chain([bound_key(RootMethod::Newton, WGPU)]);
+            for key in keys {
+                let bound = case.bounds.get(&key).copied();
                 let floor = if case.dtype == "f64" { 1e-12 } else { 1e-6 };
                 let limit = if case.dtype == "f64" { 1e-6 } else { 1e-3 };
                 assert!(
                     bound.is_some_and(|b| (floor..=limit).contains(&b)),
-                    "{file}: {} has bound {bound:?} for {}",
-                    case.name,
-                    root_name(method)
+                    "{file}: {} has bound {bound:?} for {key}",
+                    case.name
                 );
             }
         }

@@ -90,6 +90,7 @@ backend_tests!(
     WgpuDevice::default(),
     ready(),
     ready_f64(),
+    bounds = kradagrad_burn_suite::replay::WGPU,
     resume_tolerance = Some(1e-5)
 );
 

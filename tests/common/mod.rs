@@ -30,20 +30,21 @@ use rand_distr::{Distribution as _, StandardNormal};
 /// `$f32`/`$f64`: the backend in each precision; `$device`: its device;
 /// `$ready`: an expression giving `Some(guard)` when the backend can run
 /// (held for the whole test) or `None` to skip; `$f64_ready`: the same for the
-/// f64 variant.
+/// f64 variant; `bounds`: the backend whose reference-vector bounds hold
+/// (`kradagrad_burn_suite::replay::NDARRAY` or `WGPU`).
 #[macro_export]
 macro_rules! backend_tests {
-    ($f32:ty, $f64:ty, $device:expr, $ready:expr, $f64_ready:expr, resume_tolerance = $tolerance:expr) => {
+    ($f32:ty, $f64:ty, $device:expr, $ready:expr, $f64_ready:expr, bounds = $tag:expr, resume_tolerance = $tolerance:expr) => {
         #[test]
         fn parity_f32_cases() {
             let Some(_guard) = $ready else { return };
-            common::parity::<$f32>(&$device, "f32");
+            common::parity::<$f32>(&$device, "f32", $tag);
         }
 
         #[test]
         fn parity_f64_cases() {
             let Some(_guard) = $f64_ready else { return };
-            common::parity::<$f64>(&$device, "f64");
+            common::parity::<$f64>(&$device, "f64", $tag);
         }
 
         #[test]
@@ -129,8 +130,8 @@ macro_rules! backend_tests {
 // ---------------------------------------------------------------- parity
 
 /// Every reference case of the given dtype, on `B`, with the default device
-/// Newton roots.
-pub fn parity<B: Backend>(device: &B::Device, dtype: &str) {
+/// Newton roots, against the bounds measured on `backend`.
+pub fn parity<B: Backend>(device: &B::Device, dtype: &str, backend: &'static str) {
     let mut cases = vec![];
     for file in ["reference_vectors.json", "reference_vectors_options.json"] {
         let path = format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -142,7 +143,11 @@ pub fn parity<B: Backend>(device: &B::Device, dtype: &str) {
     let failures: Vec<String> = cases
         .iter()
         .filter_map(|case| {
-            let outcome = replay_on::<B>(case, ReplayOptions::default(), device);
+            let options = ReplayOptions {
+                backend,
+                ..ReplayOptions::default()
+            };
+            let outcome = replay_on::<B>(case, options, device);
             (!outcome.passed()).then(|| format!("{}: {outcome:?}", case.name))
         })
         .collect();

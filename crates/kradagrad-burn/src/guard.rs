@@ -8,7 +8,7 @@
 //! the probe summed squares). The test is one element-wise pass and one
 //! reduction: `sum(g^2)` is finite exactly when the gradient is usable.
 
-use burn::tensor::{backend::Backend, Bool, Tensor};
+use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 
 use crate::layout::tail_rows;
 use crate::transforms::squared_norm;
@@ -63,17 +63,19 @@ pub struct Rollback<B: Backend> {
 
 impl<B: Backend> Rollback<B> {
     /// The verdict of `flag` (see [`unusable_gradient`]), without reading it
-    /// on the host.
-    pub fn new(flag: Tensor<B, 1, Bool>) -> Self {
-        let threshold =
-            Tensor::<B, 1>::full([1], f64::NEG_INFINITY, &flag.device()).mask_fill(flag, f64::INFINITY);
+    /// on the host, held in float type `dtype` (the gradient's: Burn would
+    /// otherwise create it in the device's default float type).
+    pub fn new(flag: Tensor<B, 1, Bool>, dtype: DType) -> Self {
+        let threshold = Tensor::<B, 1>::full([1], f64::NEG_INFINITY, (&flag.device(), dtype))
+            .mask_fill(flag, f64::INFINITY);
         Self { threshold }
     }
 
     /// The verdict of a [`squared_norm_probe`]: rolled back unless the probe
     /// is finite (see [`probe_is_finite`] and [`Rollback::unless`]).
     pub fn from_probe(probe: Tensor<B, 1>) -> Self {
-        Self::unless(probe_is_finite(probe))
+        let dtype = probe.dtype();
+        Self::unless(probe_is_finite(probe), dtype)
     }
 
     /// The verdict "rolled back unless `kept`" (`kept` from
@@ -86,9 +88,9 @@ impl<B: Backend> Rollback<B> {
     /// where the fill ends Burn's fusion stream so that the step's tail fuses;
     /// the fill itself then runs in a kernel of its own (docs/performance.md,
     /// "Fewer kernels, round five").
-    pub fn unless(kept: Tensor<B, 1, Bool>) -> Self {
-        let threshold =
-            Tensor::<B, 1>::full([1], f64::INFINITY, &kept.device()).mask_fill(kept, f64::NEG_INFINITY);
+    pub fn unless(kept: Tensor<B, 1, Bool>, dtype: DType) -> Self {
+        let threshold = Tensor::<B, 1>::full([1], f64::INFINITY, (&kept.device(), dtype))
+            .mask_fill(kept, f64::NEG_INFINITY);
         Self { threshold }
     }
 
@@ -166,12 +168,12 @@ mod tests {
         let grad = Tensor::<NdArray<f32>, 2>::from_floats([gradient], &Default::default());
         let flat = crate::layout::flatten(grad.clone());
         [
-            Rollback::new(unusable_gradient(&grad)),
+            Rollback::new(unusable_gradient(&grad), DType::F32),
             Rollback::from_probes(vec![
                 squared_norm_probe(grad.ones_like()),
                 squared_norm_probe(grad),
             ]),
-            Rollback::unless(probe_is_finite(squared_norm_probe(flat))),
+            Rollback::unless(probe_is_finite(squared_norm_probe(flat)), DType::F32),
         ]
     }
 

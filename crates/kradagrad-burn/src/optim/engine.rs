@@ -301,7 +301,7 @@ fn step_in<B: Backend, const D: usize, const T: usize>(
             // step's statistics go back first, so that the roots due (those
             // KrADagrad has pending too) are refreshed from them rather than
             // rolled back with the step and left stale.
-            let verdict = guard::Rollback::unless(kept.take().unwrap_or_else(|| probe(&grad)));
+            let verdict = guard::Rollback::unless(kept.take().unwrap_or_else(|| probe(&grad)), grad.dtype());
             keep_statistics_if(&verdict, &mut new.groups, &old.groups, &touched);
             touched = Touched::none(layout.rank());
             rollback = Some(verdict);
@@ -319,7 +319,10 @@ fn step_in<B: Backend, const D: usize, const T: usize>(
     // reshapes and slices of the split; docs/performance.md, "Fewer kernels,
     // round four").
     if skip && rollback.is_none() {
-        rollback = Some(guard::Rollback::unless(kept.unwrap_or_else(|| probe(&grad))));
+        rollback = Some(guard::Rollback::unless(
+            kept.unwrap_or_else(|| probe(&grad)),
+            grad.dtype(),
+        ));
     }
     let (param, graft, momentum) = finish(
         options,
