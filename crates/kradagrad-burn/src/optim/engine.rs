@@ -358,7 +358,7 @@ pub(crate) fn check_float_type(dtype: DType, shape: &[usize]) {
              f32 or f64 only (their factors span the squared gradient scale and its inverse, \
              beyond half precision's range: KrADagrad* starts at 1 / matrix_eps). Keep the \
              parameters in f32, or cast the model to f32 for the optimizer step \
-             (docs/backends.md, \"Float types\")."
+             (docs/algorithm.md, \"Half precision\")."
         );
     }
 }
