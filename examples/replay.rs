@@ -79,10 +79,7 @@ fn main() {
 /// Replays every case against its bound and reports; exits with 1 on a failure.
 fn check(vectors: &VectorFile, options: ReplayOptions) {
     let (mut passed, mut failed) = (0, 0);
-    // f32 cases first (see `write_bounds_to`).
-    let mut cases: Vec<_> = vectors.cases.iter().collect();
-    cases.sort_by_key(|case| case.dtype != "f32");
-    for case in cases {
+    for case in f32_first(vectors).map(|c| &vectors.cases[c]) {
         let outcome = replay(case, options);
         let verdict = if outcome.passed() { "ok  " } else { "FAIL" };
         match &outcome {
@@ -116,13 +113,7 @@ fn write_bounds_to(mut vectors: VectorFile, out: &str, options: ReplayOptions) {
         NDARRAY => &ROOT_METHODS,
         _ => &[RootMethod::Newton],
     };
-    // f32 cases first: Burn 0.21 creates some tensors in the device's default
-    // float type, set by the first backend used on the device in the process;
-    // on wgpu, an f64 default then reaches Burn's f32 fusion, which has no
-    // f64 and panics.
-    let mut order: Vec<usize> = (0..vectors.cases.len()).collect();
-    order.sort_by_key(|&c| vectors.cases[c].dtype != "f32");
-    for c in order {
+    for c in f32_first(&vectors).collect::<Vec<_>>() {
         let case = &mut vectors.cases[c];
         for &method in methods {
             let run = ReplayOptions {
@@ -155,6 +146,16 @@ fn write_bounds_to(mut vectors: VectorFile, out: &str, options: ReplayOptions) {
         std::process::exit(2)
     });
     println!("wrote {out}");
+}
+
+/// The indices of the cases, f32 cases first: Burn 0.21 creates some tensors
+/// in the device's default float type, set by the first backend used on the
+/// device in the process; on wgpu, an f64 default then reaches Burn's f32
+/// fusion, which has no f64 and panics.
+fn f32_first(vectors: &VectorFile) -> impl Iterator<Item = usize> {
+    let mut order: Vec<usize> = (0..vectors.cases.len()).collect();
+    order.sort_by_key(|&c| vectors.cases[c].dtype != "f32");
+    order.into_iter()
 }
 
 fn usage(problem: &str) -> ! {

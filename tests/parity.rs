@@ -9,7 +9,8 @@
 
 use kradagrad_burn::RootMethod;
 use kradagrad_burn_suite::replay::{
-    bound_key, replay, root_name, Outcome, ReplayOptions, VectorFile, ROOT_METHODS, WGPU,
+    bound_floor, bound_key, format_tolerance, replay, root_name, Outcome, ReplayOptions, VectorFile,
+    ROOT_METHODS, WGPU,
 };
 
 /// The vector files in `tests/data`, with the number of cases each holds.
@@ -58,8 +59,7 @@ fn every_case_has_its_own_bound_for_every_root_method_and_wgpu() {
                 .chain([bound_key(RootMethod::Newton, WGPU)]);
             for key in keys {
                 let bound = case.bounds.get(&key).copied();
-                let floor = if case.dtype == "f64" { 1e-12 } else { 1e-6 };
-                let limit = if case.dtype == "f64" { 1e-6 } else { 1e-3 };
+                let (floor, limit) = (bound_floor(&case.dtype), format_tolerance(&case.dtype));
                 assert!(
                     bound.is_some_and(|b| (floor..=limit).contains(&b)),
                     "{file}: {} has bound {bound:?} for {key}",

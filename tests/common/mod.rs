@@ -372,7 +372,7 @@ fn train_zoo<B: AutodiffBackend>(device: &B::Device, mut optimizer: impl Optimiz
     }
     let before = preconditioned!(vector: 1, blocked: 2, row: 2, cube: 3, conv: 4, ones_inside: 4);
     let model = optimizer.step(lr, model, grads);
-    let after = module_values_by_id(&model);
+    let after: std::collections::HashMap<_, _> = module_values_with_ids(&model).into_iter().collect();
     for (name, b, g, id) in before {
         let a = &after[&id];
         let update: Vec<f64> = b.iter().zip(a).map(|(b, a)| b - a).collect();
@@ -418,36 +418,30 @@ pub fn every_shape_class_trains<B: AutodiffBackend>(device: &B::Device) {
 
 /// Every tensor of a state, read back, in a fixed order.
 pub fn snapshot<B: Backend, const D: usize>(state: &PreconditionerState<B, D>) -> Vec<TensorData> {
-    let mut out: Vec<TensorData> = state
-        .groups
-        .iter()
-        .flat_map(|g| {
-            g.statistics
-                .iter()
-                .chain(&g.roots)
-                .map(|t| t.to_data())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    for buffer in [&state.graft, &state.momentum].into_iter().flatten() {
-        out.push(buffer.to_data());
-    }
-    out
+    state_tensors(state, true)
 }
 
 /// The statistics and the graft and momentum buffers of a state, read back:
 /// what a skipped step keeps exactly.
 fn kept_snapshot<B: Backend, const D: usize>(state: &PreconditionerState<B, D>) -> Vec<TensorData> {
-    let statistics = state
-        .groups
-        .iter()
-        .flat_map(|g| &g.statistics)
-        .map(|t| t.to_data());
-    let buffers = [&state.graft, &state.momentum]
-        .into_iter()
-        .flatten()
-        .map(|t| t.to_data());
-    statistics.chain(buffers).collect()
+    state_tensors(state, false)
+}
+
+/// A state's statistics (each group's followed by its roots, `with_roots`),
+/// then its buffers, read back.
+fn state_tensors<B: Backend, const D: usize>(
+    state: &PreconditionerState<B, D>,
+    with_roots: bool,
+) -> Vec<TensorData> {
+    let factors = state.groups.iter().flat_map(|g| {
+        let roots = if with_roots { &g.roots[..] } else { &[] };
+        g.statistics.iter().chain(roots)
+    });
+    let buffers = [&state.graft, &state.momentum].into_iter().flatten();
+    factors
+        .map(|t| t.to_data())
+        .chain(buffers.map(|t| t.to_data()))
+        .collect()
 }
 
 fn skip_non_finite<B: Backend, O: SimpleOptimizer<B, State<2> = PreconditionerState<B, 2>>>(
@@ -579,7 +573,7 @@ pub fn shampoo_ema_roots_stay_bounded<B: Backend>(device: &B::Device) {
         let mut param: Tensor<B, 2> = normal([8, 6], 3, device);
         let mut state = None;
         for step in 0..steps {
-            let block: Vec<f64> = host_values(normal::<B, 2>([2, 2], 1000 + step, device));
+            let block: Vec<f64> = host(normal::<B, 2>([2, 2], 1000 + step, device));
             let values: Vec<f64> = (0..48)
                 .map(|k| {
                     if k / 6 < 2 && k % 6 < 2 {
@@ -593,11 +587,11 @@ pub fn shampoo_ema_roots_stay_bounded<B: Backend>(device: &B::Device) {
                 TensorData::new(values.clone(), [8, 6]),
                 (device, float_dtype::<B>()),
             );
-            let before = host_values(param.clone());
+            let before = host(param.clone());
             (param, state) = SimpleOptimizer::<B>::step(&optimizer, lr, param, grad, state);
             let update: Vec<f64> = before
                 .iter()
-                .zip(host_values(param.clone()))
+                .zip(host(param.clone()))
                 .map(|(b, a)| b - a)
                 .collect();
             let expected = lr * values.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -616,11 +610,6 @@ pub fn shampoo_ema_roots_stay_bounded<B: Backend>(device: &B::Device) {
             );
         }
     }
-}
-
-/// Every value of a tensor, as f64 on the host.
-fn host_values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.to_data().convert::<f64>().to_vec::<f64>().unwrap()
 }
 
 /// One weight, for the whole-model front end.
@@ -702,13 +691,7 @@ pub fn quadratic<B: Backend>(device: &B::Device) -> (Square<B>, [Tensor<B, 2>; 2
         |values: Vec<f64>| Tensor::from_data(TensorData::new(values, [n, n]), (device, float_dtype::<B>()));
     // H0 and H1 are symmetric: nalgebra's column-major order is their row-major order.
     let factor = |h: DMatrix<f64>| tensor((h * 10.0).iter().copied().collect());
-    let x0 = tensor(
-        normal::<B, 2>([n, n], 11, device)
-            .to_data()
-            .convert::<f64>()
-            .to_vec::<f64>()
-            .unwrap(),
-    );
+    let x0 = normal::<B, 2>([n, n], 11, device);
     (
         Square {
             x: Param::from_tensor(x0),
@@ -943,34 +926,28 @@ pub fn mismatched_state_after_load<B: AutodiffBackend>(device: &B::Device) {
 
 // ---------------------------------------------------------------- the batched front end
 
-/// Every float parameter of a module, read back as f64, by id.
-pub fn module_values_by_id<B: Backend, M: Module<B>>(
+/// Every float parameter of a module, read back as f64, with its id, in
+/// visit order.
+pub fn module_values_with_ids<B: Backend, M: Module<B>>(
     module: &M,
-) -> std::collections::HashMap<burn::module::ParamId, Vec<f64>> {
-    struct Values(std::collections::HashMap<burn::module::ParamId, Vec<f64>>);
+) -> Vec<(burn::module::ParamId, Vec<f64>)> {
+    struct Values(Vec<(burn::module::ParamId, Vec<f64>)>);
     impl<B: Backend> burn::module::ModuleVisitor<B> for Values {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let values = param.val().to_data().convert::<f64>().to_vec::<f64>().unwrap();
-            self.0.insert(param.id, values);
+            self.0.push((param.id, host(param.val())));
         }
     }
-    let mut values = Values(Default::default());
+    let mut values = Values(vec![]);
     module.visit(&mut values);
     values.0
 }
 
 /// Every float parameter of a module, read back as f64, in visit order.
 pub fn module_values<B: Backend, M: Module<B>>(module: &M) -> Vec<f64> {
-    struct Values(Vec<f64>);
-    impl<B: Backend> burn::module::ModuleVisitor<B> for Values {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let values = param.val().to_data().convert::<f64>().to_vec::<f64>().unwrap();
-            self.0.extend(values);
-        }
-    }
-    let mut values = Values(vec![]);
-    module.visit(&mut values);
-    values.0
+    module_values_with_ids(module)
+        .into_iter()
+        .flat_map(|(_, v)| v)
+        .collect()
 }
 
 /// `steps` steps of `optimizer` on the [`Zoo`]'s quadratic.
@@ -1121,37 +1098,30 @@ pub fn batched_matches_per_parameter<B: AutodiffBackend>(device: &B::Device, tol
 
 /// Everything `BatchedOptimizer`'s record holds, read back.
 pub fn batched_snapshot<B: Backend>(state: &kradagrad_burn::BatchedState<B>) -> Vec<TensorData> {
-    let factors = state
-        .classes
-        .iter()
-        .flat_map(|c| &c.groups)
-        .flat_map(|g| g.statistics.iter().chain(&g.roots))
-        .map(|t| t.to_data());
-    let buffers = state
-        .graft
-        .iter()
-        .chain(&state.momentum)
-        .flatten()
-        .map(|t| t.to_data());
-    factors.chain(buffers).collect()
+    batched_state_tensors(state, true)
 }
 
 /// The statistics and buffers of a [`BatchedState`](kradagrad_burn::BatchedState):
 /// what a skipped step keeps exactly.
 pub fn batched_kept_snapshot<B: Backend>(state: &kradagrad_burn::BatchedState<B>) -> Vec<TensorData> {
-    let statistics = state
-        .classes
-        .iter()
-        .flat_map(|c| &c.groups)
-        .flat_map(|g| &g.statistics)
-        .map(|t| t.to_data());
-    let buffers = state
-        .graft
-        .iter()
-        .chain(&state.momentum)
-        .flatten()
-        .map(|t| t.to_data());
-    statistics.chain(buffers).collect()
+    batched_state_tensors(state, false)
+}
+
+/// A whole-model state's statistics (each group's followed by its roots,
+/// `with_roots`), then its buffers, read back.
+fn batched_state_tensors<B: Backend>(
+    state: &kradagrad_burn::BatchedState<B>,
+    with_roots: bool,
+) -> Vec<TensorData> {
+    let factors = state.classes.iter().flat_map(|c| &c.groups).flat_map(|g| {
+        let roots = if with_roots { &g.roots[..] } else { &[] };
+        g.statistics.iter().chain(roots)
+    });
+    let buffers = state.graft.iter().chain(&state.momentum).flatten();
+    factors
+        .map(|t| t.to_data())
+        .chain(buffers.map(|t| t.to_data()))
+        .collect()
 }
 
 /// The [`Zoo`]'s gradients with `bad` written into one entry of one

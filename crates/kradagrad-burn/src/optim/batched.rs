@@ -297,15 +297,10 @@ impl Plan {
         Self { layouts, classes }
     }
 
-    /// The plan of a state written before states recorded
-    /// [`BatchedState::class_of`]: classed by merged rank and, for KrADagrad,
-    /// the position of the largest merged dim (all its parameters had
-    /// stepped together).
-    fn by_schedule(shapes: &[Vec<usize>], options: &Options, variant: Variant) -> (Self, Vec<Option<usize>>) {
-        Self::by_key(shapes, options, |_, layout| schedule_key(variant, layout))
-    }
-
-    /// The plan a state records.
+    /// The plan a state records. A state written before states recorded
+    /// [`BatchedState::class_of`] is classed by merged rank and, for
+    /// KrADagrad, the position of the largest merged dim (all its parameters
+    /// had stepped together).
     fn of_state<B: Backend>(state: &BatchedState<B>, options: &Options, variant: Variant) -> Self {
         match &state.class_of {
             Some(class_of) if class_of.len() == state.shapes.len() => {
@@ -328,7 +323,7 @@ impl Plan {
                 class_of.len(),
                 state.shapes.len()
             )),
-            None => Self::by_schedule(&state.shapes, options, variant).0,
+            None => Self::by_key(&state.shapes, options, |_, layout| schedule_key(variant, layout)).0,
         }
     }
 }
@@ -505,7 +500,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
     fn restack(
         &self,
         entries: &[Entry<B::InnerBackend>],
-        own: Vec<PreconditionerState<B::InnerBackend, 1>>,
+        mut own: Vec<PreconditionerState<B::InnerBackend, 1>>,
         parked: Vec<ParkedState<B::InnerBackend>>,
     ) -> (BatchedState<B::InnerBackend>, Plan) {
         let shapes: Vec<_> = entries.iter().map(|e| e.shape.clone()).collect();
@@ -517,8 +512,8 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             )
         });
         let mut regions: Vec<Vec<Option<FactorGroup<B::InnerBackend>>>> = own
-            .iter()
-            .map(|state| state.groups.iter().cloned().map(Some).collect())
+            .iter_mut()
+            .map(|state| state.groups.drain(..).map(Some).collect())
             .collect();
         let classes = plan
             .classes
@@ -853,9 +848,8 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         let refreshing = steps.iter().any(|(step, _)| step.refresh.is_some());
         let mut rollback = None;
         if skip && refreshing {
-            let verdict = guard::Rollback::from_probes(std::mem::take(&mut probes));
-            keep_statistics(&verdict, &mut new, &old, &mut touched_by_class);
-            rollback = Some(verdict);
+            let probes = std::mem::take(&mut probes);
+            rollback = Some(keep_statistics(probes, &mut new, &old, &mut touched_by_class));
         }
         let requests: Vec<_> = new
             .classes
@@ -894,9 +888,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         // known before the per-parameter work so that each parameter's
         // rollback fuses with the update that produced it.
         if skip && rollback.is_none() {
-            let verdict = guard::Rollback::from_probes(probes);
-            keep_statistics(&verdict, &mut new, &old, &mut touched_by_class);
-            rollback = Some(verdict);
+            rollback = Some(keep_statistics(probes, &mut new, &old, &mut touched_by_class));
         }
 
         // Every parameter's direction assembled first, then per parameter:
@@ -938,18 +930,21 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
     }
 }
 
-/// The non-finite guard on every class's statistics (see
-/// [`keep_statistics_if`]); what it rolled back is no longer `touched`.
+/// The model's verdict from `probes`, and the non-finite guard on every
+/// class's statistics under it (see [`keep_statistics_if`]); what it rolled
+/// back is no longer `touched`.
 fn keep_statistics<B: Backend>(
-    rollback: &guard::Rollback<B>,
+    probes: Vec<Tensor<B, 1>>,
     new: &mut BatchedState<B>,
     old: &BatchedState<B>,
     touched_by_class: &mut [Touched],
-) {
+) -> guard::Rollback<B> {
+    let rollback = guard::Rollback::from_probes(probes);
     for ((class, old_class), touched) in new.classes.iter_mut().zip(&old.classes).zip(touched_by_class) {
-        keep_statistics_if(rollback, &mut class.groups, &old_class.groups, touched);
+        keep_statistics_if(&rollback, &mut class.groups, &old_class.groups, touched);
         *touched = Touched::none(touched.statistics.len());
     }
+    rollback
 }
 
 /// Panics: a [`BatchedState`] does not fit the model's parameters (`what`
@@ -964,9 +959,8 @@ fn state_mismatch(what: String) -> ! {
 /// Panics with a clear message when `state` (e.g. from a checkpoint) does not
 /// have the stacked shapes `plan` expects.
 fn check_state<B: Backend>(state: &BatchedState<B>, plan: &Plan, variant: Variant) {
-    let mismatch = state_mismatch;
     if state.classes.len() != plan.classes.len() {
-        mismatch(format!(
+        state_mismatch(format!(
             "{} classes stored, {} expected",
             state.classes.len(),
             plan.classes.len()
@@ -980,12 +974,12 @@ fn check_state<B: Backend>(state: &BatchedState<B>, plan: &Plan, variant: Varian
             .collect();
         let stale_rank = (variant == Variant::Kradagrad).then_some(class_plan.dims.len());
         if let Some(what) = factors_mismatch(&class.groups, &class.stale_dims, &expected, stale_rank) {
-            mismatch(what);
+            state_mismatch(what);
         }
     }
     let n = state.param_ids.len();
     if state.graft.len() != n || state.momentum.len() != n {
-        mismatch(format!(
+        state_mismatch(format!(
             "{} graft and {} momentum buffers stored for {n} parameters",
             state.graft.len(),
             state.momentum.len()
@@ -995,7 +989,7 @@ fn check_state<B: Backend>(state: &BatchedState<B>, plan: &Plan, variant: Varian
         let numel: usize = shape.iter().product();
         for buffer in [&state.graft[p], &state.momentum[p]].into_iter().flatten() {
             if buffer.dims() != [numel] {
-                mismatch(format!(
+                state_mismatch(format!(
                     "a buffer of {} entries stored for a parameter of shape {shape:?}",
                     buffer.dims()[0]
                 ));

@@ -2,7 +2,7 @@
 //! then graft, weight decay and momentum (ALGORITHM.md sections 3 to 6), with
 //! the guard against non-finite gradients around it all.
 
-use burn::tensor::{backend::Backend, DType, Tensor};
+use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 
 use std::collections::BTreeMap;
 
@@ -271,6 +271,10 @@ fn step_in<B: Backend, const D: usize, const T: usize>(
     let probe_after_statistics =
         variant != Variant::Shampoo && layout.rank() > 0 && variant.statistics_due(new.step, options);
     let probe = |grad: &Tensor<B, T>| guard::probe_is_finite(guard::squared_norm_probe(grad.clone()));
+    // The verdict's threshold, from the probe compared earlier or compared now.
+    let verdict_of = |kept: Option<Tensor<B, 1, Bool>>| {
+        guard::Rollback::unless(kept.unwrap_or_else(|| probe(&grad)), grad.dtype())
+    };
     let mut kept = (skip && !probe_after_statistics).then(|| probe(&grad));
     let tensor = reshape(tensor, tail);
     let graft_buffer = new.graft.take().map(|t| reshape(t, tail));
@@ -301,7 +305,7 @@ fn step_in<B: Backend, const D: usize, const T: usize>(
             // step's statistics go back first, so that the roots due (those
             // KrADagrad has pending too) are refreshed from them rather than
             // rolled back with the step and left stale.
-            let verdict = guard::Rollback::unless(kept.take().unwrap_or_else(|| probe(&grad)), grad.dtype());
+            let verdict = verdict_of(kept.take());
             keep_statistics_if(&verdict, &mut new.groups, &old.groups, &touched);
             touched = Touched::none(layout.rank());
             rollback = Some(verdict);
@@ -319,10 +323,7 @@ fn step_in<B: Backend, const D: usize, const T: usize>(
     // reshapes and slices of the split; docs/performance.md, "Fewer kernels,
     // round four").
     if skip && rollback.is_none() {
-        rollback = Some(guard::Rollback::unless(
-            kept.unwrap_or_else(|| probe(&grad)),
-            grad.dtype(),
-        ));
+        rollback = Some(verdict_of(kept));
     }
     let (param, graft, momentum) = finish(
         options,
