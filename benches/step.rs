@@ -1,4 +1,4 @@
-//! Per-step benchmarks (issue 5), on Burn's own benchmark tooling
+//! Per-step benchmarks, on Burn's own benchmark tooling
 //! (`burn_std::benchmark`, from cubecl-common): each sample runs whole
 //! preconditioner cycles (so root steps are included in their true
 //! proportion), the device is synchronised before the clock is read, and
