@@ -6,7 +6,7 @@ use core::fmt;
 use burn::config::Config;
 
 use crate::roots::RootMethod;
-use crate::transforms::{Grafting, NesterovStyle, WeightDecayStyle};
+use crate::transforms::{Grafting, MomentumForm, NesterovStyle, WeightDecayStyle};
 
 /// What a step does with a gradient that holds NaN or Inf, or whose squared
 /// norm overflows the float type (in f32, an entry of `1e30`: its statistics
@@ -53,6 +53,7 @@ pub(crate) struct Options {
     pub start_preconditioning_step: usize,
     pub grafting: Grafting,
     pub momentum: f64,
+    pub momentum_form: MomentumForm,
     pub nesterov: bool,
     pub nesterov_style: NesterovStyle,
     pub weight_decay: f64,
@@ -103,6 +104,27 @@ impl Options {
         }
         if !(self.momentum >= 0.0 && self.momentum < 1.0) {
             return fail("momentum", format!("must lie in [0, 1), got {}", self.momentum));
+        }
+        if self.momentum_form == MomentumForm::FirstMoment && self.nesterov {
+            return fail(
+                "nesterov",
+                "must be false with MomentumForm::FirstMoment (Adam's first moment has no Nesterov form here)"
+                    .into(),
+            );
+        }
+        if let Grafting::BiasCorrectedAdam { beta2, epsilon } = self.grafting {
+            if !(0.0..1.0).contains(&beta2) {
+                return fail(
+                    "grafting",
+                    format!("BiasCorrectedAdam's beta2 must lie in [0, 1), got {beta2}"),
+                );
+            }
+            if !(epsilon.is_finite() && epsilon > 0.0) {
+                return fail(
+                    "grafting",
+                    format!("BiasCorrectedAdam's epsilon must be positive and finite, got {epsilon}"),
+                );
+            }
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return fail(
@@ -168,6 +190,13 @@ macro_rules! preconditioned_config {
             /// Momentum `mu` in `[0, 1)`. Default: `0.9`.
             #[config(default = 0.9)]
             pub momentum: f64,
+            /// How `momentum` filters the step: heavy ball on the grafted direction (the
+            /// reference's), or Adam's bias-corrected first moment of the gradient taken
+            /// before preconditioning (for starting from an Adam setup, with
+            /// [`Grafting::BiasCorrectedAdam`](crate::transforms::Grafting::BiasCorrectedAdam)).
+            /// Default: heavy ball.
+            #[config(default = "crate::transforms::MomentumForm::HeavyBall")]
+            pub momentum_form: crate::transforms::MomentumForm,
             /// Nesterov momentum (see `nesterov_style`). Default: `false`.
             #[config(default = false)]
             pub nesterov: bool,
@@ -227,6 +256,7 @@ macro_rules! preconditioned_config {
                     start_preconditioning_step: self.start_preconditioning_step,
                     grafting: self.grafting,
                     momentum: self.momentum,
+                    momentum_form: self.momentum_form,
                     nesterov: self.nesterov,
                     nesterov_style: self.nesterov_style,
                     weight_decay: self.weight_decay,

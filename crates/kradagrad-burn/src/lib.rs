@@ -15,4 +15,4 @@ pub use optim::kradagrad_star::{KradagradStar, KradagradStarConfig};
 pub use optim::shampoo::{Shampoo, ShampooConfig};
 pub use optim::{BatchedOptimizer, BatchedState, ClassState, FactorGroup, PreconditionerState, StateOrigin};
 pub use roots::{RootMethod, RootSpec};
-pub use transforms::{Grafting, NesterovStyle, WeightDecayStyle};
+pub use transforms::{Grafting, MomentumForm, NesterovStyle, WeightDecayStyle};

@@ -9,7 +9,7 @@ use burn::tensor::{backend::Backend, Tensor};
 ///
 /// The direction `D` is rescaled to the Frobenius norm of the graft direction:
 /// `D * ||graft|| / (||D|| + 1e-16)`.
-#[derive(Config, Debug, Copy, PartialEq, Eq)]
+#[derive(Config, Debug, Copy, PartialEq)]
 pub enum Grafting {
     /// No rescaling: the preconditioned direction is used as it is.
     None,
@@ -19,8 +19,40 @@ pub enum Grafting {
     /// `a += G*G`.
     AdaGrad,
     /// Rescale to the norm of the reference's Adam-style direction
-    /// `G / (sqrt(v) + diagonal_eps)`, `v = beta2 v + G*G` (no bias correction).
+    /// `G / (sqrt(v) + diagonal_eps)`, `v = beta2 v + G*G` (no bias correction),
+    /// with the statistics' `beta2`: the form the paper's experiments ran.
     Adam,
+    /// Adam's own direction, with its own second-moment decay and epsilon:
+    /// `v = beta2 v + (1 - beta2) G*G`, graft direction
+    /// `G / (sqrt(v / (1 - beta2^t)) + epsilon)` at step `t` (counted from 1).
+    /// Before preconditioning starts (and for a parameter of merged rank 0) the
+    /// step takes this direction itself rather than the gradient rescaled to
+    /// its norm, so that with [`MomentumForm::FirstMoment`] and Adam's
+    /// learning rate, betas and epsilon those steps are Adam's (AdamW's with
+    /// decoupled weight decay); afterwards the preconditioned direction takes
+    /// its norm. `G` is the first-moment filtered gradient under
+    /// [`MomentumForm::FirstMoment`]; `v` always sees the raw gradient.
+    BiasCorrectedAdam {
+        /// Decay of the second moment `v`, in `[0, 1)` (Adam's `beta_2`).
+        beta2: f64,
+        /// Added to `sqrt(v_hat)` before dividing (Adam's `epsilon`).
+        epsilon: f64,
+    },
+}
+
+/// How `momentum` (`mu`) filters the step.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum MomentumForm {
+    /// Heavy ball on the grafted direction `D`: `m = mu m + D`, step along `m`
+    /// (or a Nesterov form, see `nesterov`). The reference's form.
+    HeavyBall,
+    /// Adam's first moment of the gradient, bias-corrected, taken before
+    /// preconditioning: `m = mu m + (1 - mu) G`, and the step preconditions
+    /// and grafts `m / (1 - mu^t)` in place of `G` (the statistics still see
+    /// the raw `G`). Together with [`Grafting::BiasCorrectedAdam`] this turns
+    /// the steps before preconditioning into Adam's. Not combinable with
+    /// `nesterov`.
+    FirstMoment,
 }
 
 /// How the momentum buffer is turned into an update when `nesterov` is on.
@@ -95,6 +127,17 @@ pub enum GraftNorm<B: Backend, const D: usize> {
         /// Added to `sqrt(accumulator)` before dividing.
         diagonal_eps: f64,
     },
+    /// [`Grafting::BiasCorrectedAdam`]: the norm of Adam's direction
+    /// `G / (sqrt(v * bias_correction) + epsilon)`, which is also the step's
+    /// direction where nothing is preconditioned.
+    BiasCorrectedAdam {
+        /// Adam's `v`, already updated with this step's gradient.
+        second_moment: Tensor<B, D>,
+        /// `1 / (1 - beta2^t)`.
+        bias_correction: f64,
+        /// Added to `sqrt(v_hat)` before dividing.
+        epsilon: f64,
+    },
 }
 
 impl<B: Backend, const D: usize> GraftNorm<B, D> {
@@ -103,6 +146,7 @@ impl<B: Backend, const D: usize> GraftNorm<B, D> {
     pub fn into_accumulator(self) -> Option<Tensor<B, D>> {
         match self {
             GraftNorm::Diagonal { accumulator, .. } => Some(accumulator),
+            GraftNorm::BiasCorrectedAdam { second_moment, .. } => Some(second_moment),
             GraftNorm::None | GraftNorm::SgdNorm => None,
         }
     }
@@ -110,18 +154,32 @@ impl<B: Backend, const D: usize> GraftNorm<B, D> {
 
 /// This step's [`GraftNorm`] for `grafting`: the accumulator of a diagonal
 /// grafting is updated with `grad` (AdaGrad: `a += G*G`; Adam:
-/// `v = beta2 v + G*G`, from zero when `accumulator` is `None`).
+/// `v = beta2 v + G*G`; bias-corrected Adam: `v = b2 v + (1 - b2) G*G` with
+/// its own `b2`; from zero when `accumulator` is `None`). `step` counts this
+/// step from 1 (the bias correction's `t`).
 pub fn accumulate_graft<B: Backend, const D: usize>(
     grafting: Grafting,
     accumulator: Option<Tensor<B, D>>,
     grad: &Tensor<B, D>,
     beta2: f64,
     diagonal_eps: f64,
+    step: usize,
 ) -> GraftNorm<B, D> {
     let squared = || grad.clone().square();
     let accumulator = match grafting {
         Grafting::None => return GraftNorm::None,
         Grafting::SgdNorm => return GraftNorm::SgdNorm,
+        Grafting::BiasCorrectedAdam { beta2, epsilon } => {
+            let fresh = squared().mul_scalar(1.0 - beta2);
+            return GraftNorm::BiasCorrectedAdam {
+                second_moment: match accumulator {
+                    Some(v) => v.mul_scalar(beta2) + fresh,
+                    None => fresh,
+                },
+                bias_correction: 1.0 / (1.0 - beta2.powi(step.min(i32::MAX as usize) as i32)),
+                epsilon,
+            };
+        }
         Grafting::AdaGrad => match accumulator {
             Some(a) => a + squared(),
             None => squared(),
@@ -138,12 +196,36 @@ pub fn accumulate_graft<B: Backend, const D: usize>(
 }
 
 /// Rescales `direction` to the norm that `norm` names (identity for
-/// [`GraftNorm::None`]).
+/// [`GraftNorm::None`]). `direction` is `None` where nothing was
+/// preconditioned: the step then takes `grad` rescaled, or, for
+/// [`GraftNorm::BiasCorrectedAdam`], Adam's direction itself.
 pub fn graft<B: Backend, const D: usize>(
     norm: &GraftNorm<B, D>,
-    direction: Tensor<B, D>,
+    direction: Option<Tensor<B, D>>,
     grad: &Tensor<B, D>,
 ) -> Tensor<B, D> {
+    if let GraftNorm::BiasCorrectedAdam {
+        second_moment,
+        bias_correction,
+        epsilon,
+    } = norm
+    {
+        let adam = grad.clone()
+            / second_moment
+                .clone()
+                .mul_scalar(*bias_correction)
+                .sqrt()
+                .add_scalar(*epsilon);
+        return match direction {
+            None => adam,
+            Some(direction) => {
+                let scale =
+                    sum_of_squares(adam).sqrt() / sum_of_squares(direction.clone()).sqrt().add_scalar(1e-16);
+                direction * scale
+            }
+        };
+    }
+    let direction = direction.unwrap_or_else(|| grad.clone());
     // The sums of squares keep the tensor's rank (`[1; D]`), so that their
     // square roots and the rescaling broadcast without a reshape: Burn 0.21's
     // fusion ends a fused kernel at a reshape of a computed value, and
@@ -156,6 +238,7 @@ pub fn graft<B: Backend, const D: usize>(
             accumulator,
             diagonal_eps,
         } => sum_of_squares(grad.clone() / accumulator.clone().sqrt().add_scalar(*diagonal_eps)),
+        GraftNorm::BiasCorrectedAdam { .. } => unreachable!("returned above"),
     };
     let direction_squares = sum_of_squares(direction.clone());
     let scale = graft_squares.sqrt() / direction_squares.sqrt().add_scalar(1e-16);
@@ -180,6 +263,25 @@ pub fn sum_axes<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
         .rev()
         .filter(|&axis| dims[axis] > 1)
         .fold(t, |sum, axis| sum.sum_dim(axis))
+}
+
+/// [`MomentumForm::FirstMoment`]: the new buffer `m = mu m + (1 - mu) G`
+/// (from zero when `buffer` is `None`) and the bias-corrected first moment
+/// `m / (1 - mu^t)` the step uses in place of `G`; `step` is `t`, counting
+/// this step from 1.
+pub fn first_moment<B: Backend, const D: usize>(
+    momentum: f64,
+    buffer: Option<Tensor<B, D>>,
+    grad: &Tensor<B, D>,
+    step: usize,
+) -> (Tensor<B, D>, Tensor<B, D>) {
+    let fresh = grad.clone().mul_scalar(1.0 - momentum);
+    let m = match buffer {
+        Some(m) => m.mul_scalar(momentum) + fresh,
+        None => fresh,
+    };
+    let bias_correction = 1.0 / (1.0 - momentum.powi(step.min(i32::MAX as usize) as i32));
+    (m.clone(), m.mul_scalar(bias_correction))
 }
 
 /// Heavy-ball momentum with optional Nesterov (section 6). Returns the update
@@ -311,21 +413,21 @@ mod tests {
             Tensor::from_data([3.0, 4.0], (&Default::default(), burn::tensor::DType::F64));
         let direction: Tensor<B, 1> =
             Tensor::from_data([0.0, 10.0], (&Default::default(), burn::tensor::DType::F64));
-        let sgd = graft(&GraftNorm::SgdNorm, direction.clone(), &grad);
+        let sgd = graft(&GraftNorm::SgdNorm, Some(direction.clone()), &grad);
         assert_eq!(sgd.into_data().to_vec::<f64>().unwrap(), vec![0.0, 5.0]);
-        let none = graft(&GraftNorm::None, direction.clone(), &grad);
+        let none = graft(&GraftNorm::None, Some(direction.clone()), &grad);
         assert_eq!(none.into_data().to_vec::<f64>().unwrap(), vec![0.0, 10.0]);
-        assert!(accumulate_graft(Grafting::SgdNorm, None, &grad, 1.0, 1e-6)
+        assert!(accumulate_graft(Grafting::SgdNorm, None, &grad, 1.0, 1e-6, 1)
             .into_accumulator()
             .is_none());
         // AdaGrad after one step: a = G^2, graft direction G / (|G| + eps) has norm ~ sqrt(2).
-        let ada_norm = accumulate_graft(Grafting::AdaGrad, None, &grad, 1.0, 1e-6);
-        let ada = graft(&ada_norm, direction, &grad);
+        let ada_norm = accumulate_graft(Grafting::AdaGrad, None, &grad, 1.0, 1e-6, 1);
+        let ada = graft(&ada_norm, Some(direction), &grad);
         let got = ada.into_data().to_vec::<f64>().unwrap()[1];
         assert!((got - 2f64.sqrt()).abs() < 1e-6, "{got}");
         // Adam accumulator decays by beta2 and adds G^2 without (1 - beta2).
         let acc = ada_norm.into_accumulator();
-        let adam = accumulate_graft(Grafting::Adam, acc, &grad, 0.5, 1e-6).into_accumulator();
+        let adam = accumulate_graft(Grafting::Adam, acc, &grad, 0.5, 1e-6, 2).into_accumulator();
         assert_eq!(
             adam.unwrap().into_data().to_vec::<f64>().unwrap(),
             vec![4.5 + 9.0, 8.0 + 16.0]

@@ -43,8 +43,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
 use super::engine::{
-    check_float_type, check_learning_rate, finish_flat, keep_statistics_if, precondition, refresh_roots,
-    update_statistics, Factors, Touched, Variant,
+    check_float_type, check_learning_rate, filters_gradient, finish_flat, keep_statistics_if, precondition,
+    refresh_roots, update_statistics, Factors, TailInputs, Touched, Variant,
 };
 use super::kradagrad::largest_dim;
 use super::state::{factors_mismatch, tensor_bytes};
@@ -52,6 +52,7 @@ use super::{FactorGroup, PreconditionerState, StateOrigin};
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard;
 use crate::layout::{flatten, reshape, stack, unstack, unstack_flat, BlockLayout};
+use crate::transforms::first_moment;
 
 /// The state of a [`BatchedOptimizer`], also its Burn record.
 ///
@@ -83,6 +84,11 @@ pub struct BatchedState<B: Backend> {
     /// (as Burn's `OptimizerAdaptor` keeps the state of a parameter without a
     /// gradient). `None` in states saved before this field existed.
     pub parked: Option<Vec<ParkedState<B>>>,
+    /// Steps the optimizer has taken: the step counter of the parameters of
+    /// merged rank 0 (a single entry), which belong to no class. `None` in
+    /// states saved before this field existed, which count from the most
+    /// steps any class has taken.
+    pub steps: Option<usize>,
 }
 
 /// A parameter's own state in a [`BatchedState`] while it has no gradient:
@@ -124,6 +130,7 @@ impl<B: Backend> BatchedState<B> {
             origin: None,
             class_of: None,
             parked: None,
+            steps: None,
         }
     }
 
@@ -168,6 +175,7 @@ impl<B: Backend> BatchedState<B> {
             momentum: self.momentum.into_iter().map(|b| b.map(&f1)).collect(),
             origin: self.origin,
             class_of: self.class_of,
+            steps: self.steps,
             parked: self.parked.map(|parked| {
                 parked
                     .into_iter()
@@ -502,6 +510,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         entries: &[Entry<B::InnerBackend>],
         mut own: Vec<PreconditionerState<B::InnerBackend, 1>>,
         parked: Vec<ParkedState<B::InnerBackend>>,
+        steps: Option<usize>,
     ) -> (BatchedState<B::InnerBackend>, Plan) {
         let shapes: Vec<_> = entries.iter().map(|e| e.shape.clone()).collect();
         let (plan, class_of) = Plan::by_key(&shapes, &self.options, |p, layout| {
@@ -561,6 +570,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             origin: Some(self.variant.origin(&self.options)),
             class_of: Some(class_of),
             parked: Some(parked),
+            steps,
         };
         (state, plan)
     }
@@ -641,7 +651,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                 .zip(layouts())
                 .map(|(e, l)| self.fresh(e, &l))
                 .collect();
-            return self.restack(entries, own, vec![]);
+            return self.restack(entries, own, vec![], Some(0));
         };
         if let Some(written) = &state.origin {
             written.check(&self.variant.origin(&self.options), "BatchedOptimizer's state");
@@ -691,6 +701,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                 state.param_ids, state.shapes
             );
         }
+        let steps = Some(model_steps(&state));
         let mut kept = Self::unstack(state, &plan);
         let own = entries
             .iter()
@@ -717,7 +728,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                 },
             )
             .collect();
-        self.restack(entries, own, kept)
+        self.restack(entries, own, kept, steps)
     }
 
     fn step_common(&mut self, lr: LearningRate, module: M, mut grads: GradAdaptor) -> M
@@ -788,36 +799,65 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         }
         let mut new = old.clone();
 
-        // Blocks of every parameter, region by region.
+        // Per parameter: this step counted from 1 (its class's, or the
+        // model's for a parameter of merged rank 0), and under
+        // `MomentumForm::FirstMoment` the new buffer and the filtered gradient.
+        let steps = parameter_steps(&old, plan);
+        new.steps = Some(model_steps(&old) + 1);
+        let first_moments: Vec<_> = entries
+            .iter()
+            .enumerate()
+            .map(|(p, e)| {
+                filters_gradient(options)
+                    .then(|| first_moment(options.momentum, new.momentum[p].clone(), &e.grad, steps[p]))
+            })
+            .collect();
+        // Blocks of every parameter, region by region (of the filtered
+        // gradient too, for the direction).
+        let split = |t: &Tensor<B::InnerBackend, 1>, layout: &BlockLayout| -> Regions<B::InnerBackend> {
+            match layout.rank() {
+                0 => vec![],
+                _ => layout.split(t.clone()).into_iter().map(Some).collect(),
+            }
+        };
         let mut blocks: Vec<Regions<B::InnerBackend>> = entries
             .iter()
             .zip(&plan.layouts)
-            .map(|(e, layout)| match layout.rank() {
-                0 => vec![],
-                _ => layout.split(e.grad.clone()).into_iter().map(Some).collect(),
-            })
+            .map(|(e, layout)| split(&e.grad, layout))
             .collect();
+        let mut filtered_blocks: Option<Vec<Regions<B::InnerBackend>>> =
+            filters_gradient(options).then(|| {
+                first_moments
+                    .iter()
+                    .zip(&plan.layouts)
+                    .map(|(fm, layout)| split(&fm.as_ref().expect("filtered").1, layout))
+                    .collect()
+            });
         // Phase one, class by class: the statistics (see `engine::StepPlan`).
         let mut touched_by_class = vec![];
-        let mut steps = vec![];
+        let mut plans = vec![];
         for (class, class_state) in plan.classes.iter().zip(new.classes.iter_mut()) {
-            let stacked: Vec<_> = class
-                .groups
-                .iter()
-                .map(|group| {
-                    stack(
-                        group
-                            .members
-                            .iter()
-                            .map(|m| {
-                                blocks[m.param][m.region]
-                                    .take()
-                                    .expect("each region stacked once")
-                            })
-                            .collect(),
-                    )
-                })
-                .collect();
+            let stack_class = |blocks: &mut Vec<Regions<B::InnerBackend>>| -> Vec<_> {
+                class
+                    .groups
+                    .iter()
+                    .map(|group| {
+                        stack(
+                            group
+                                .members
+                                .iter()
+                                .map(|m| {
+                                    blocks[m.param][m.region]
+                                        .take()
+                                        .expect("each region stacked once")
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect()
+            };
+            let stacked = stack_class(&mut blocks);
+            let filtered = filtered_blocks.as_mut().map(stack_class);
             if skip {
                 probes.extend(stacked.iter().map(|b| guard::squared_norm_probe(b.clone())));
             }
@@ -838,14 +878,14 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                 &mut touched,
             );
             touched_by_class.push(touched);
-            steps.push((step, stacked));
+            plans.push((step, stacked, filtered));
         }
         // Phase two: every root due in the model, with the Newton stages that
         // classes share for one matrix size run once. The roots are taken of
         // the statistics the step keeps: under a skipped step the statistics
         // go back first, so that the roots due (those KrADagrad has pending
         // too) are refreshed from them, not rolled back with the step.
-        let refreshing = steps.iter().any(|(step, _)| step.refresh.is_some());
+        let refreshing = plans.iter().any(|(step, ..)| step.refresh.is_some());
         let mut rollback = None;
         if skip && refreshing {
             let probes = std::mem::take(&mut probes);
@@ -854,8 +894,8 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         let requests: Vec<_> = new
             .classes
             .iter_mut()
-            .zip(&steps)
-            .filter_map(|(class, (step, _))| step.refresh.as_ref().map(|r| (&mut class.groups[..], r)))
+            .zip(&plans)
+            .filter_map(|(class, (step, ..))| step.refresh.as_ref().map(|r| (&mut class.groups[..], r)))
             .collect();
         if !requests.is_empty() {
             refresh_roots(requests, options);
@@ -864,9 +904,11 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         // (same indexing as `blocks`; `None` for a class whose direction is
         // the gradient).
         let mut out: Vec<Option<FlatRegions<B::InnerBackend>>> = vec![None; entries.len()];
-        for ((class, class_state), (step, stacked)) in plan.classes.iter().zip(&new.classes).zip(steps) {
+        for ((class, class_state), (step, stacked, filtered)) in
+            plan.classes.iter().zip(&new.classes).zip(plans)
+        {
             let block_dims: Vec<&[usize]> = class.groups.iter().map(|g| g.block_dims.as_slice()).collect();
-            let Some(result) = precondition(step, &class_state.groups, &block_dims, stacked) else {
+            let Some(result) = precondition(step, &class_state.groups, &block_dims, stacked, filtered) else {
                 continue;
             };
             for (group, preconditioned) in class.groups.iter().zip(result) {
@@ -898,36 +940,57 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         let directions: Vec<_> = entries
             .iter()
             .enumerate()
-            .map(|(p, entry)| match out[p].take() {
-                Some(regions) => plan.layouts[p].assemble(
-                    regions
-                        .into_iter()
-                        .map(|r| r.expect("every region preconditioned"))
-                        .collect(),
-                    entry.param.dims(),
-                ),
-                None => entry.grad.clone(),
+            .map(|(p, entry)| {
+                out[p].take().map(|regions| {
+                    plan.layouts[p].assemble(
+                        regions
+                            .into_iter()
+                            .map(|r| r.expect("every region preconditioned"))
+                            .collect(),
+                        entry.param.dims(),
+                    )
+                })
             })
             .collect();
         let mut params = Vec::with_capacity(entries.len());
-        for ((p, entry), direction) in entries.iter().enumerate().zip(directions) {
-            let (param, graft, momentum) = finish_flat(
-                options,
-                lr,
-                &entry.shape,
-                entry.param.clone(),
-                &entry.grad,
+        let tails = entries.iter().zip(directions).zip(first_moments).zip(steps);
+        for (p, (((entry, direction), first_moment), step)) in tails.enumerate() {
+            let inputs = TailInputs {
+                tensor: entry.param.clone(),
+                grad: entry.grad.clone(),
                 direction,
-                new.graft[p].take(),
-                new.momentum[p].take(),
-                rollback.as_ref(),
-            );
+                graft: new.graft[p].take(),
+                momentum: new.momentum[p].take(),
+                first_moment,
+                step,
+            };
+            let (param, graft, momentum) = finish_flat(options, lr, &entry.shape, inputs, rollback.as_ref());
             new.graft[p] = graft;
             new.momentum[p] = momentum;
             params.push(param);
         }
         (new, params)
     }
+}
+
+/// Steps the optimizer has taken, by the state's count or, in a state saved
+/// before it kept one, the most any class has taken.
+fn model_steps<B: Backend>(state: &BatchedState<B>) -> usize {
+    state
+        .steps
+        .unwrap_or_else(|| state.classes.iter().map(|c| c.step).max().unwrap_or(0))
+}
+
+/// Per parameter of `plan`, the step about to be taken, counted from 1: its
+/// class's, or the model's for a parameter of merged rank 0.
+fn parameter_steps<B: Backend>(state: &BatchedState<B>, plan: &Plan) -> Vec<usize> {
+    let mut steps = vec![model_steps(state) + 1; plan.layouts.len()];
+    for (class, class_state) in plan.classes.iter().zip(&state.classes) {
+        for member in class.groups.iter().flat_map(|g| &g.members) {
+            steps[member.param] = class_state.step + 1;
+        }
+    }
+    steps
 }
 
 /// The model's verdict from `probes`, and the non-finite guard on every

@@ -13,7 +13,9 @@ use crate::layout::{
     flatten, mode_gram, mode_product, mode_product_as, reshape, stack, tail_rows, unstack, BlockLayout,
 };
 use crate::roots::{matrix_roots, RootSpec};
-use crate::transforms::{accumulate_graft, add_momentum, decay_momentum, graft, WeightDecayStyle};
+use crate::transforms::{
+    accumulate_graft, add_momentum, decay_momentum, first_moment, graft, MomentumForm, WeightDecayStyle,
+};
 
 /// Which optimizer a step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,12 +163,31 @@ pub(crate) fn update_statistics<B: Backend>(
 /// Phase three of a step: the preconditioned blocks of each group, flattened
 /// (`[blocks * block_numel]`, the form both front ends assemble from), or
 /// `None` when the direction is the raw gradient.
+///
+/// `filtered` holds the blocks of the first-moment filtered gradient under
+/// [`MomentumForm::FirstMoment`]: every root due is then applied to them
+/// (KrADagrad's partially preconditioned blocks belong to the raw gradient
+/// its statistics saw, so they are not reused).
 pub(crate) fn precondition<B: Backend>(
     plan: StepPlan<B>,
     groups: &[FactorGroup<B>],
     block_dims: &[&[usize]],
     blocks: Vec<Tensor<B, 2>>,
+    filtered: Option<Vec<Tensor<B, 2>>>,
 ) -> Option<Vec<Tensor<B, 1>>> {
+    if let Some(filtered) = filtered {
+        return match plan.direction {
+            Direction::Gradient | Direction::Partial { finish: false, .. } => None,
+            Direction::Full | Direction::Partial { finish: true, .. } => Some(
+                filtered
+                    .into_iter()
+                    .zip(groups)
+                    .zip(block_dims)
+                    .map(|((b, group), bd)| apply_all_factors_flat(b, &group.roots, bd))
+                    .collect(),
+            ),
+        };
+    }
     match plan.direction {
         Direction::Gradient => None,
         Direction::Full => Some(
@@ -279,10 +300,15 @@ fn step_in<B: Backend, const D: usize, const T: usize>(
     let tensor = reshape(tensor, tail);
     let graft_buffer = new.graft.take().map(|t| reshape(t, tail));
     let momentum_buffer = new.momentum.take().map(|t| reshape(t, tail));
-    let blocks = match layout.rank() {
+    let step = new.step + 1;
+    let first_moment = filters_gradient(options)
+        .then(|| first_moment(options.momentum, momentum_buffer.clone(), &grad, step));
+    let split = |t: &Tensor<B, T>| match layout.rank() {
         0 => vec![],
-        _ => layout.split(flatten(grad.clone())),
+        _ => layout.split(flatten(t.clone())),
     };
+    let blocks = split(&grad);
+    let filtered_blocks = first_moment.as_ref().map(|(_, filtered)| split(filtered));
     let block_dims: Vec<&[usize]> = layout.regions.iter().map(|r| r.block_dims.as_slice()).collect();
     let factors = Factors {
         step: &mut new.step,
@@ -312,10 +338,8 @@ fn step_in<B: Backend, const D: usize, const T: usize>(
         }
         refresh_roots(vec![(&mut new.groups[..], refresh)], options);
     }
-    let direction = match precondition(plan, &new.groups, &block_dims, blocks) {
-        Some(out) => layout.assemble(out, tail),
-        None => grad.clone(),
-    };
+    let direction = precondition(plan, &new.groups, &block_dims, blocks, filtered_blocks)
+        .map(|out| layout.assemble(out, tail));
     // Off refresh steps the verdict's threshold is filled after the
     // direction: its masked fill of a fresh constant is where Burn's fusion
     // ends the stream it is exploring, so that the tail starts a stream of
@@ -325,16 +349,16 @@ fn step_in<B: Backend, const D: usize, const T: usize>(
     if skip && rollback.is_none() {
         rollback = Some(verdict_of(kept));
     }
-    let (param, graft, momentum) = finish(
-        options,
-        lr,
+    let inputs = TailInputs {
         tensor,
-        &grad,
+        grad,
         direction,
-        graft_buffer,
-        momentum_buffer,
-        rollback.as_ref(),
-    );
+        graft: graft_buffer,
+        momentum: momentum_buffer,
+        first_moment,
+        step,
+    };
+    let (param, graft, momentum) = finish(options, lr, inputs, rollback.as_ref());
     if let Some(rollback) = &rollback {
         keep_statistics_if(rollback, &mut new.groups, &old.groups, &touched);
     }
@@ -377,6 +401,46 @@ pub(crate) fn check_learning_rate(lr: f64) {
     );
 }
 
+/// Whether the step filters the gradient with Adam's first moment
+/// ([`MomentumForm::FirstMoment`] with a non-zero `momentum`).
+pub(crate) fn filters_gradient(options: &Options) -> bool {
+    options.momentum_form == MomentumForm::FirstMoment && options.momentum > 0.0
+}
+
+/// What the step's tail ([`finish`]) works on, all in the tail's shape.
+pub(crate) struct TailInputs<B: Backend, const T: usize> {
+    /// The parameter.
+    pub tensor: Tensor<B, T>,
+    /// The raw gradient.
+    pub grad: Tensor<B, T>,
+    /// The preconditioned direction; `None` where nothing was preconditioned.
+    pub direction: Option<Tensor<B, T>>,
+    /// The graft accumulator before the step.
+    pub graft: Option<Tensor<B, T>>,
+    /// The momentum buffer before the step.
+    pub momentum: Option<Tensor<B, T>>,
+    /// Under [`filters_gradient`]: the momentum buffer after the step and the
+    /// bias-corrected first moment that stands in for the gradient.
+    pub first_moment: Option<(Tensor<B, T>, Tensor<B, T>)>,
+    /// This step, counted from 1 (the bias corrections' `t`).
+    pub step: usize,
+}
+
+impl<B: Backend, const T: usize> TailInputs<B, T> {
+    /// The same inputs with every tensor passed through `f` (a reshape).
+    fn map<const U: usize>(self, f: impl Fn(Tensor<B, T>) -> Tensor<B, U>) -> TailInputs<B, U> {
+        TailInputs {
+            tensor: f(self.tensor),
+            grad: f(self.grad),
+            direction: self.direction.map(&f),
+            graft: self.graft.map(&f),
+            momentum: self.momentum.map(&f),
+            first_moment: self.first_moment.map(|(m, filtered)| (f(m), f(filtered))),
+            step: self.step,
+        }
+    }
+}
+
 /// What every optimizer does after preconditioning (sections 3 and 6): graft
 /// the direction, add weight decay, apply momentum and take the step. Returns
 /// the new parameter and the new graft and momentum buffers; under `rollback`
@@ -398,30 +462,45 @@ pub(crate) fn check_learning_rate(lr: f64) {
 /// reduction of Burn 0.21 on rows panics at launch and leaves the fusion
 /// queue undrained (docs/performance.md, "Why the rows version failed under
 /// minimal autotune").
-#[allow(clippy::too_many_arguments)] // The step's inputs, each used once.
 pub(crate) fn finish<B: Backend, const T: usize>(
     options: &Options,
     lr: f64,
-    tensor: Tensor<B, T>,
-    grad: &Tensor<B, T>,
-    direction: Tensor<B, T>,
-    graft_buffer: Option<Tensor<B, T>>,
-    momentum_buffer: Option<Tensor<B, T>>,
+    inputs: TailInputs<B, T>,
     rollback: Option<&guard::Rollback<B>>,
 ) -> (Tensor<B, T>, Option<Tensor<B, T>>, Option<Tensor<B, T>>) {
+    let TailInputs {
+        tensor,
+        grad,
+        direction,
+        graft: graft_buffer,
+        momentum: momentum_buffer,
+        first_moment,
+        step,
+    } = inputs;
     let before = rollback.map(|_| (tensor.clone(), graft_buffer.clone(), momentum_buffer.clone()));
     let nesterov = options.nesterov.then_some(options.nesterov_style);
     // The momentum's decay first: issued after the grafting's norms, it would
-    // run in a kernel of its own (see `decay_momentum`).
-    let decayed = decay_momentum(options.momentum, nesterov, momentum_buffer);
+    // run in a kernel of its own (see `decay_momentum`). A first moment was
+    // taken before preconditioning instead.
+    let decayed = match first_moment {
+        Some(_) => None,
+        None => decay_momentum(options.momentum, nesterov, momentum_buffer),
+    };
     let graft_norm = accumulate_graft(
         options.grafting,
         graft_buffer,
-        grad,
+        &grad,
         options.beta2,
         options.diagonal_eps,
+        step,
     );
-    let mut direction = graft(&graft_norm, direction, grad);
+    // The graft direction is that of the gradient the step preconditioned:
+    // the first moment where there is one.
+    let (new_first_moment, source) = match first_moment {
+        Some((buffer, filtered)) => (Some(buffer), filtered),
+        None => (None, grad),
+    };
+    let mut direction = graft(&graft_norm, direction, &source);
     let graft_buffer = graft_norm.into_accumulator();
     let mut param = tensor.clone();
     if options.weight_decay != 0.0 {
@@ -432,7 +511,10 @@ pub(crate) fn finish<B: Backend, const T: usize>(
             WeightDecayStyle::Decoupled => param = param - tensor.mul_scalar(lr * options.weight_decay),
         }
     }
-    let (update, momentum_buffer) = add_momentum(options.momentum, nesterov, decayed, direction);
+    let (update, momentum_buffer) = match new_first_moment {
+        Some(buffer) => (direction, Some(buffer)),
+        None => add_momentum(options.momentum, nesterov, decayed, direction),
+    };
     let param = param - update.mul_scalar(lr);
     match rollback.zip(before) {
         Some((rollback, (old_param, old_graft, old_momentum))) => (
@@ -447,41 +529,17 @@ pub(crate) fn finish<B: Backend, const T: usize>(
 /// [`finish`] for a parameter of shape `shape` whose tensors come flattened
 /// (the batched front end's): on the flat tensors, or on their
 /// [`tail_rows`] view and flattened back.
-#[allow(clippy::too_many_arguments)] // The step's inputs, each used once.
 pub(crate) fn finish_flat<B: Backend>(
     options: &Options,
     lr: f64,
     shape: &[usize],
-    tensor: Tensor<B, 1>,
-    grad: &Tensor<B, 1>,
-    direction: Tensor<B, 1>,
-    graft_buffer: Option<Tensor<B, 1>>,
-    momentum_buffer: Option<Tensor<B, 1>>,
+    inputs: TailInputs<B, 1>,
     rollback: Option<&guard::Rollback<B>>,
 ) -> (Tensor<B, 1>, Option<Tensor<B, 1>>, Option<Tensor<B, 1>>) {
     let Some(rows) = tail_rows(shape) else {
-        return finish(
-            options,
-            lr,
-            tensor,
-            grad,
-            direction,
-            graft_buffer,
-            momentum_buffer,
-            rollback,
-        );
+        return finish(options, lr, inputs, rollback);
     };
-    let view = |t: Tensor<B, 1>| reshape(t, rows);
-    let (param, graft, momentum) = finish(
-        options,
-        lr,
-        view(tensor),
-        &view(grad.clone()),
-        view(direction),
-        graft_buffer.map(view),
-        momentum_buffer.map(view),
-        rollback,
-    );
+    let (param, graft, momentum) = finish(options, lr, inputs.map(|t| reshape(t, rows)), rollback);
     (flatten(param), graft.map(flatten), momentum.map(flatten))
 }
 
