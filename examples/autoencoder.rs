@@ -25,8 +25,12 @@
 //! - `--methods LIST` [sgd,adam,shampoo,shampoo_newton,kradagrad_star,kradagrad,kradagrad_star_adam].
 //! - `--seeds N` [5], `--epochs N` [mnist: 20, digits: 40], `--batch N` [100],
 //!   `--block-size N` [250], `--weight-decay X` [5e-6],
+//!   `--roots-every N` [20], `--stats-every N` [1], `--start N` [1] and
+//!   `--beta2 X` [1] (the statistics' decay) for the preconditioned methods,
 //!   `--loss ce|mse|bce` [mnist: ce, digits: mse], `--init burn|he` [burn],
-//!   `--backend ndarray|wgpu` [ndarray], `--out DIR` [target/results/autoencoder].
+//!   `--backend ndarray|wgpu` [ndarray], `--front-end init|batched` [ndarray: init,
+//!   wgpu: batched, the faster one on each; `--backend` sets it, so give it after],
+//!   `--out DIR` [target/results/autoencoder].
 //!
 //! The protocol follows the paper's: ReLU between layers, linear code and
 //! output; `ce` is the softmax cross-entropy over the outputs with the pixel
@@ -162,9 +166,16 @@ struct Args {
     batch: usize,
     block_size: usize,
     weight_decay: f64,
+    /// Preconditioned methods: roots every, statistics every, start step, statistics' beta2.
+    roots_every: usize,
+    stats_every: usize,
+    start: usize,
+    beta2: f64,
     loss: Option<Loss>,
     methods: Vec<Method>,
     backend: String,
+    /// The whole-model front end (`init_batched`) for the preconditioned methods.
+    batched: bool,
     out: PathBuf,
     he_init: bool,
     lrs: Vec<(Method, Vec<f64>)>,
@@ -208,8 +219,8 @@ fn usage() -> ! {
     eprintln!(
         "usage: autoencoder [--dataset digits|mnist|mnist-idx] [--data DIR] [--setting paper|grid] \
          [--methods {}] [--seeds 5] [--epochs N] [--batch 100] [--block-size 250] \
-         [--weight-decay 5e-6] [--loss ce|mse|bce] [--init burn|he] [--lrs METHOD=a,b]... \
-         [--meps METHOD=a,b]... [--backend ndarray|wgpu] [--out DIR]\n\
+         [--weight-decay 5e-6] [--roots-every 20] [--stats-every 1] [--start 1] [--beta2 1] [--loss ce|mse|bce] [--init burn|he] [--lrs METHOD=a,b]... \
+         [--meps METHOD=a,b]... [--backend ndarray|wgpu] [--front-end init|batched] [--out DIR]\n\
          (the flags and their defaults: the doc comment at the top of examples/autoencoder.rs)",
         ALL.map(Method::name).join(",")
     );
@@ -226,9 +237,14 @@ fn parse() -> Args {
         batch: 100,
         block_size: 250,
         weight_decay: 5e-6,
+        roots_every: 20,
+        stats_every: 1,
+        start: 1,
+        beta2: 1.0,
         loss: None,
         methods: ALL.to_vec(),
         backend: "ndarray".into(),
+        batched: false,
         out: PathBuf::from("target/results/autoencoder"),
         he_init: false,
         lrs: Vec::new(),
@@ -261,11 +277,19 @@ fn parse() -> Args {
             ("--batch", _) => args.batch = value_or_usage(value, usage),
             ("--block-size", _) => args.block_size = value_or_usage(value, usage),
             ("--weight-decay", _) => args.weight_decay = value_or_usage(value, usage),
+            ("--roots-every", _) => args.roots_every = value_or_usage(value, usage),
+            ("--stats-every", _) => args.stats_every = value_or_usage(value, usage),
+            ("--start", _) => args.start = value_or_usage(value, usage),
+            ("--beta2", _) => args.beta2 = value_or_usage(value, usage),
             ("--loss", "ce") => args.loss = Some(Loss::CrossEntropy),
             ("--loss", "mse") => args.loss = Some(Loss::Mse),
             ("--loss", "bce") => args.loss = Some(Loss::Bce),
             ("--init", "he" | "burn") => args.he_init = value == "he",
-            ("--backend", "ndarray" | "wgpu") => args.backend = value.into(),
+            ("--backend", "ndarray" | "wgpu") => {
+                args.backend = value.into();
+                args.batched = value == "wgpu";
+            }
+            ("--front-end", "init" | "batched") => args.batched = value == "batched",
             ("--out", _) => args.out = PathBuf::from(value),
             ("--lrs", _) => args.lrs.push(per_method(value)),
             ("--meps", _) => args.meps.push(per_method(value)),
@@ -433,6 +457,27 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
     fn run(&self, method: Method, lr: f64, matrix_eps: f64, seed: u64) -> Run {
         let wd = self.args.weight_decay;
         let block = Some(self.args.block_size);
+        // The schedule flags, on any of the three preconditioned configs.
+        // The per-parameter front end, or the whole-model one (`--front-end batched`).
+        macro_rules! train_preconditioned {
+            ($config:expr) => {
+                match self.args.batched {
+                    true => self.train($config.init_batched(), lr, seed),
+                    false => self.train($config.init(), lr, seed),
+                }
+            };
+        }
+        macro_rules! scheduled {
+            ($config:expr) => {
+                $config
+                    .with_matrix_eps(matrix_eps)
+                    .with_block_size(block)
+                    .with_preconditioning_compute_steps(self.args.roots_every)
+                    .with_statistics_compute_steps(self.args.stats_every)
+                    .with_start_preconditioning_step(self.args.start)
+                    .with_beta2(self.args.beta2)
+            };
+        }
         let nesterov = NesterovStyle::Reference;
         let mut run = match method {
             Method::Sgd => {
@@ -459,37 +504,29 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     Method::Shampoo => RootMethod::EighF64,
                     _ => RootMethod::Newton,
                 };
-                let config = ShampooConfig::new()
-                    .with_matrix_eps(matrix_eps)
-                    .with_block_size(block)
+                let config = scheduled!(ShampooConfig::new())
                     .with_nesterov(true)
                     .with_nesterov_style(nesterov)
                     .with_weight_decay(wd)
                     .with_root_method(roots);
-                self.train(config.init(), lr, seed)
+                train_preconditioned!(config)
             }
             Method::KradagradStar => {
-                let config = KradagradStarConfig::new()
-                    .with_matrix_eps(matrix_eps)
-                    .with_block_size(block)
+                let config = scheduled!(KradagradStarConfig::new())
                     .with_nesterov(true)
                     .with_nesterov_style(nesterov)
                     .with_weight_decay(wd);
-                self.train(config.init(), lr, seed)
+                train_preconditioned!(config)
             }
             Method::Kradagrad => {
-                let config = KradagradConfig::new()
-                    .with_matrix_eps(matrix_eps)
-                    .with_block_size(block)
+                let config = scheduled!(KradagradConfig::new())
                     .with_nesterov(true)
                     .with_nesterov_style(nesterov)
                     .with_weight_decay(wd);
-                self.train(config.init(), lr, seed)
+                train_preconditioned!(config)
             }
             Method::KradagradStarAdam => {
-                let config = KradagradStarConfig::new()
-                    .with_matrix_eps(matrix_eps)
-                    .with_block_size(block)
+                let config = scheduled!(KradagradStarConfig::new())
                     .with_grafting(Grafting::BiasCorrectedAdam {
                         beta2: 0.999,
                         epsilon: ADAM_EPSILON,
@@ -498,7 +535,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     .with_momentum_form(MomentumForm::FirstMoment)
                     .with_weight_decay(wd)
                     .with_weight_decay_style(WeightDecayStyle::Decoupled);
-                self.train(config.init(), lr, seed)
+                train_preconditioned!(config)
             }
         };
         run.method = method;
@@ -547,6 +584,15 @@ fn sweep<B: AutodiffBackend>(
     }
     bar.finish_and_clear();
     runs
+}
+
+/// The spread over seeds for a table: `-` for a single seed.
+fn spread(std: f64, seeds: usize) -> String {
+    if seeds < 2 {
+        "-".into()
+    } else {
+        sig3(std)
+    }
 }
 
 fn mean_std(values: &[f64]) -> (f64, f64) {
@@ -627,7 +673,8 @@ fn table(args: &Args, problem: &str, backend: &str, all: &[Point], best: &[&Poin
     let command: Vec<String> = std::env::args().skip(1).collect();
     let mut text = format!(
         "Autoencoder {problem}: {} epochs of batch {}, block size {}, weight decay {}, {} seed(s), \
-         {} initialisation, backend {backend}.\n\
+         {} initialisation, backend {backend}; preconditioned methods ({}): roots every {}, statistics \
+         every {} with beta2 {}, from step {}.\n\
          Test loss: {loss}, per image, on the held-out images; \"best\" = lowest over epochs.\n\
          Command: `cargo run --release --example autoencoder -- {}`\n\n",
         args.epochs(),
@@ -640,6 +687,11 @@ fn table(args: &Args, problem: &str, backend: &str, all: &[Point], best: &[&Poin
         } else {
             "Burn's default Linear"
         },
+        if args.batched { "init_batched" } else { "init" },
+        args.roots_every,
+        args.stats_every,
+        args.beta2,
+        args.start,
         command.join(" ")
     );
     // Time to result: Adam's best (mean over seeds, at its best point).
@@ -681,7 +733,7 @@ fn table(args: &Args, problem: &str, backend: &str, all: &[Point], best: &[&Poin
                 "-".into()
             },
             sig3(mean),
-            sig3(std),
+            spread(std, point.runs.len()),
             sig3(min),
             sig3(max),
             sig3(ms),
@@ -707,7 +759,7 @@ fn table(args: &Args, problem: &str, backend: &str, all: &[Point], best: &[&Poin
                     "-".into()
                 },
                 sig3(mean),
-                sig3(std),
+                spread(std, point.runs.len()),
                 if is_best {
                     if inside {
                         "yes"

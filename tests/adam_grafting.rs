@@ -225,3 +225,36 @@ fn invalid_adam_settings_name_the_field() {
     assert_eq!(error.field, "nesterov");
     assert!(graft(0.999, 1e-8).validate().is_ok());
 }
+
+/// A whole-model state saved before states counted the model's steps (no
+/// `steps` field) loads, and its single-entry parameter (the zoo's scalar,
+/// which belongs to no class) counts its bias correction from the classes'
+/// steps: the run goes on exactly as if it had not been interrupted.
+#[test]
+fn a_batched_state_without_the_step_count_loads() {
+    use burn::record::{FullPrecisionSettings, PrettyJsonFileRecorder, Recorder};
+    let config = || from_adam!(KradagradStarConfig::new(), 3, 0.0);
+    let mut optimizer = config().init_batched::<B, Zoo<B>>();
+    let model = zoo_continue(zoo::<B>(&device()), &mut optimizer, LR, 5);
+    let uninterrupted = zoo_continue(model.clone(), &mut optimizer.clone(), LR, 5);
+
+    let recorder = PrettyJsonFileRecorder::<FullPrecisionSettings>::new();
+    let path = common::temp_path("batched-without-steps");
+    recorder.record(optimizer.to_record(), path.clone()).unwrap();
+    let file = path.with_extension("json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let item = json.get_mut("item").expect("a record item");
+    assert_eq!(
+        item["steps"],
+        serde_json::json!(5),
+        "the state counts the model's steps"
+    );
+    item.as_object_mut().unwrap().remove("steps");
+    std::fs::write(&file, serde_json::to_string(&json).unwrap()).unwrap();
+
+    let record = recorder.load(path, &device()).unwrap();
+    let mut resumed = config().init_batched::<B, Zoo<B>>().load_record(record);
+    let gap = max_difference(&zoo_continue(model, &mut resumed, LR, 5), &uninterrupted);
+    assert!(gap <= 1e-7, "{gap:e} from the uninterrupted run");
+    std::fs::remove_file(file).unwrap();
+}
