@@ -71,7 +71,7 @@ use kradagrad_burn::{
 use kradagrad_burn_suite::cli::{flag_pairs, named_items, value_or_usage};
 use kradagrad_burn_suite::datasets::{mnist, mnist_cache_dir, mnist_digits, uci_digits, Images};
 use kradagrad_burn_suite::mlp::{scalar, Mlp};
-use kradagrad_burn_suite::report::{plot_log_y, progress_bar, sig3, write_csv, Series};
+use kradagrad_burn_suite::report::{mean_std, plot_log_y, progress_bar, sig3, spread, write_csv, Series};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -584,21 +584,6 @@ fn sweep<B: AutodiffBackend>(
     }
     bar.finish_and_clear();
     runs
-}
-
-/// The spread over seeds for a table: `-` for a single seed.
-fn spread(std: f64, seeds: usize) -> String {
-    if seeds < 2 {
-        "-".into()
-    } else {
-        sig3(std)
-    }
-}
-
-fn mean_std(values: &[f64]) -> (f64, f64) {
-    let mean = values.iter().sum::<f64>() / values.len() as f64;
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (values.len().max(2) - 1) as f64;
-    (mean, var.sqrt())
 }
 
 /// The runs of one method at one point.

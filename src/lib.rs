@@ -14,3 +14,8 @@ pub mod spd;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The tuning guide's code blocks, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/tuning.md")]
+pub struct TuningDoctests;

@@ -101,6 +101,22 @@ pub fn sig3(v: f64) -> String {
     }
 }
 
+/// Mean and sample standard deviation (0 for a single value).
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (values.len().max(2) - 1) as f64;
+    (mean, var.sqrt())
+}
+
+/// The spread over seeds for a table: `-` for a single seed.
+pub fn spread(std: f64, seeds: usize) -> String {
+    if seeds < 2 {
+        "-".into()
+    } else {
+        sig3(std)
+    }
+}
+
 /// A progress bar showing position, elapsed time and ETA, with a message slot.
 pub fn progress_bar(len: u64) -> ProgressBar {
     let bar = ProgressBar::new(len);
@@ -146,5 +162,14 @@ mod tests {
         assert_eq!(sig3(16.54), "16.5");
         assert_eq!(sig3(1.134), "1.13");
         assert_eq!(sig3(0.0123), "0.012");
+        assert_eq!(spread(0.5, 1), "-");
+        assert_eq!(spread(0.5, 2), "0.500");
+    }
+
+    #[test]
+    fn mean_and_sample_deviation() {
+        assert_eq!(mean_std(&[2.0]), (2.0, 0.0));
+        let (mean, std) = mean_std(&[1.0, 2.0, 3.0]);
+        assert_eq!((mean, std), (2.0, 1.0));
     }
 }
