@@ -34,7 +34,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::optim::{AdamConfig, Optimizer};
-use burn::record::CompactRecorder;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -302,8 +302,9 @@ impl Training {
             .metric_valid_numeric(AccuracyMetric::new())
             .num_epochs(self.epochs)
             // Every epoch's model and optimizer state (the optimizers' Burn records) go to
-            // <directory>/<name>/checkpoint.
-            .with_file_checkpointer(CompactRecorder::new());
+            // <directory>/<name>/checkpoint, in full precision: a half-precision recorder
+            // would round the preconditioner factors on every save.
+            .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new());
         let training = match self.dashboard {
             true => training.summary(),
             false => training.renderer(Quiet),
