@@ -71,7 +71,9 @@ use kradagrad_burn::{
 use kradagrad_burn_suite::cli::{flag_pairs, named_items, value_or_usage};
 use kradagrad_burn_suite::datasets::{mnist, mnist_cache_dir, mnist_digits, uci_digits, Images};
 use kradagrad_burn_suite::mlp::{scalar, Mlp};
-use kradagrad_burn_suite::report::{mean_std, plot_log_y, progress_bar, sig3, spread, write_csv, Series};
+use kradagrad_burn_suite::report::{
+    mean_std, plot_log_y, progress_bar, sig3, spread, strictly_inside, write_csv, Series,
+};
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -608,16 +610,8 @@ impl Point<'_> {
     /// Whether the point lies strictly inside the method's grid on every
     /// axis with more than one value.
     fn inside(&self, points: &[(f64, f64)]) -> bool {
-        let strictly = |values: Vec<f64>, v: f64| {
-            let (lo, hi) = values
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| {
-                    (l.min(x), h.max(x))
-                });
-            lo == hi || (lo < v && v < hi)
-        };
-        strictly(points.iter().map(|p| p.0).collect(), self.lr)
-            && strictly(points.iter().map(|p| p.1).collect(), self.matrix_eps)
+        let axis = |pick: fn(&(f64, f64)) -> f64| points.iter().map(pick).collect::<Vec<_>>();
+        strictly_inside(&axis(|p| p.0), self.lr) && strictly_inside(&axis(|p| p.1), self.matrix_eps)
     }
 }
 

@@ -49,7 +49,7 @@ use burn::train::{
 use kradagrad_burn::{Grafting, KradagradStarConfig, MomentumForm};
 use kradagrad_burn_suite::cli::{flag_pairs, value_or_usage};
 use kradagrad_burn_suite::datasets::{uci_digits, Images};
-use kradagrad_burn_suite::report::{mean_std, progress_bar, sig3, spread};
+use kradagrad_burn_suite::report::{mean_std, progress_bar, sig3, spread, strictly_inside};
 
 /// One 8x8 image (64 values in [0, 1]) and its digit.
 #[derive(Clone, Debug)]
@@ -264,6 +264,8 @@ impl MetricsRenderer for Quiet {
 
 /// What every training run shares.
 struct Training {
+    /// The training and test splits, loaded once.
+    data: (Vec<Digit>, Vec<Digit>),
     model: Model,
     epochs: usize,
     /// Per-run dashboard and summary (`false`: silent, for the study).
@@ -286,7 +288,7 @@ impl Training {
         B: AutodiffBackend,
         O: Optimizer<DigitNet<B>, B> + 'static,
     {
-        let (train, test) = load_digits();
+        let (train, test) = self.data.clone();
         B::seed(device, seed);
         let train_loader = DataLoaderBuilder::new(DigitBatcher)
             .batch_size(64)
@@ -315,9 +317,9 @@ impl Training {
 }
 
 fn compare<B: AutodiffBackend>(model: Model, epochs: usize, device: B::Device) {
-    let (_, test) = load_digits();
     println!("UCI digits: 1437 training and 360 test images; {model:?}; {epochs} epochs; batch 64\n");
     let training = Training {
+        data: load_digits(),
         model,
         epochs,
         dashboard: true,
@@ -340,9 +342,10 @@ fn compare<B: AutodiffBackend>(model: Model, epochs: usize, device: B::Device) {
         &device,
     );
     let adam = training.fit::<B, _>("adam", AdamConfig::new().init(), 1e-3, 8, &device);
-    let (star_loss, star_acc) = evaluate(&star, &test, &device);
-    let (batched_loss, batched_acc) = evaluate(&batched, &test, &device);
-    let (adam_loss, adam_acc) = evaluate(&adam, &test, &device);
+    let test = &training.data.1;
+    let (star_loss, star_acc) = evaluate(&star, test, &device);
+    let (batched_loss, batched_acc) = evaluate(&batched, test, &device);
+    let (adam_loss, adam_acc) = evaluate(&adam, test, &device);
     println!("\n| optimizer | lr | test loss | test accuracy |");
     println!("|---|---|---|---|");
     println!(
@@ -474,8 +477,8 @@ struct Run {
 }
 
 fn study<B: AutodiffBackend>(model: Model, epochs: usize, seeds: u64, out: PathBuf, device: B::Device) {
-    let (_, test) = load_digits();
     let training = Training {
+        data: load_digits(),
         model,
         epochs,
         dashboard: false,
@@ -500,7 +503,7 @@ fn study<B: AutodiffBackend>(model: Model, epochs: usize, seeds: u64, out: PathB
                         training.fit::<B, _>(&name, config.init(), lr, seed, &device)
                     }
                 };
-                let (loss, accuracy) = evaluate(&trained, &test, &device);
+                let (loss, accuracy) = evaluate(&trained, &training.data.1, &device);
                 let seconds = started.elapsed().as_secs_f64();
                 runs.push(Run {
                     setup,
@@ -578,15 +581,16 @@ fn study_table(setups: &[Setup], runs: &[Run], seeds: usize, what: &str, command
     );
     for &setup in setups {
         let lrs = setup.lrs();
-        let best = (0..lrs.len())
-            .min_by(|&a, &b| point(setup, lrs[a]).0 .0.total_cmp(&point(setup, lrs[b]).0 .0))
+        let scored: Vec<(f64, f64)> = lrs.iter().map(|&lr| (lr, point(setup, lr).0 .0)).collect();
+        let (best, _) = *scored
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
             .expect("a learning-rate grid");
-        let inside = if best > 0 && best + 1 < lrs.len() {
-            " yes |"
-        } else {
-            " NO: on the edge |"
+        let inside = match strictly_inside(&lrs, best) {
+            true => " yes |",
+            false => " NO: on the edge |",
         };
-        text += &row(setup, lrs[best], inside);
+        text += &row(setup, best, inside);
     }
     text += &format!("\nEvery point:\n\n{header}\n{rule}\n");
     for &setup in setups {
@@ -606,8 +610,8 @@ fn usage() -> ! {
 }
 
 fn main() {
-    let (mut epochs, mut backend, mut model, mut study_name, mut seeds) =
-        (15, "ndarray".to_string(), Model::Mlp, None, 3);
+    let (mut epochs, mut backend, mut model, mut defaults_study, mut seeds) =
+        (15, "ndarray".to_string(), Model::Mlp, false, 3);
     let mut out = PathBuf::from("target/digits_learner/study");
     for (flag, value) in flag_pairs().unwrap_or_else(|| usage()) {
         match flag.as_str() {
@@ -620,13 +624,13 @@ fn main() {
                     _ => usage(),
                 }
             }
-            "--study" if value == "defaults" => study_name = Some(value),
+            "--study" if value == "defaults" => defaults_study = true,
             "--seeds" => seeds = value_or_usage(&value, usage),
             "--out" => out = PathBuf::from(value),
             _ => usage(),
         }
     }
-    if study_name.is_some() {
+    if defaults_study {
         if backend != "ndarray" {
             eprintln!("--study runs on burn-ndarray");
             std::process::exit(2);

@@ -108,6 +108,18 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// Whether `v` lies strictly inside the range of a grid axis's `values`, so
+/// that a search's winner has a worse neighbour on both sides; an axis with
+/// a single value counts as inside (it was not searched).
+pub fn strictly_inside(values: &[f64], v: f64) -> bool {
+    let (lo, hi) = values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| {
+            (l.min(x), h.max(x))
+        });
+    lo == hi || (lo < v && v < hi)
+}
+
 /// The spread over seeds for a table: `-` for a single seed.
 pub fn spread(std: f64, seeds: usize) -> String {
     if seeds < 2 {
@@ -164,6 +176,14 @@ mod tests {
         assert_eq!(sig3(0.0123), "0.012");
         assert_eq!(spread(0.5, 1), "-");
         assert_eq!(spread(0.5, 2), "0.500");
+    }
+
+    #[test]
+    fn grid_winners_inside_or_on_the_edge() {
+        assert!(strictly_inside(&[0.1, 0.3, 0.03], 0.1));
+        assert!(!strictly_inside(&[0.1, 0.3, 0.03], 0.3));
+        assert!(!strictly_inside(&[0.1, 0.3, 0.03], 0.03));
+        assert!(strictly_inside(&[0.5], 0.5));
     }
 
     #[test]
