@@ -15,8 +15,8 @@ use burn::backend::NdArray;
 use burn::optim::SimpleOptimizer;
 use burn::tensor::{backend::Backend, Tensor, TensorData};
 use kradagrad_burn::{
-    Grafting, KradagradConfig, KradagradStarConfig, NesterovStyle, RootMethod, ShampooConfig,
-    WeightDecayStyle,
+    Grafting, KradagradConfig, KradagradStarConfig, MomentumConfig, MomentumForm, RootMethod, ShampooConfig,
+    WeightDecayConfig, WeightDecayStyle,
 };
 use std::collections::BTreeMap;
 
@@ -213,16 +213,19 @@ macro_rules! apply_common {
             .with_matrix_eps(c.matrix_eps)
             .with_block_size(c.block_size)
             .with_merge_dims(c.block_size.is_some())
-            .with_beta2(c.beta2)
+            .with_beta_2(c.beta2)
             .with_statistics_compute_steps(c.statistics_compute_steps)
             .with_preconditioning_compute_steps(c.preconditioning_compute_steps)
             .with_start_preconditioning_step(c.start_preconditioning_step)
-            .with_momentum(c.momentum)
-            .with_nesterov(c.nesterov)
-            .with_nesterov_style(NesterovStyle::Reference)
-            .with_weight_decay(c.weight_decay)
-            .with_weight_decay_style(WeightDecayStyle::L2AfterPreconditioning)
-            .with_diagonal_eps(c.diagonal_eps)
+            .with_momentum(Some(MomentumConfig::new().with_momentum(c.momentum).with_form(
+                match c.nesterov {
+                    true => MomentumForm::ReferenceNesterov,
+                    false => MomentumForm::HeavyBall,
+                },
+            )))
+            .with_weight_decay(Some(
+                WeightDecayConfig::new(c.weight_decay).with_style(WeightDecayStyle::L2AfterPreconditioning),
+            ))
             .with_root_method($root)
             .with_newton_iterations($iterations)
     }};
@@ -297,27 +300,31 @@ fn build(case: &Case, options: ReplayOptions) -> Result<Built, String> {
         "kradagrad_star" => {
             // The reference grafts KrADagrad* to Adam for graft_type 3, else to the SGD norm.
             let grafting = if graft_type == 3 {
-                Grafting::Adam
+                Grafting::Adam {
+                    epsilon: common.diagonal_eps,
+                }
             } else {
                 Grafting::SgdNorm
             };
             Built::Star(
-                apply_common!(KradagradStarConfig::new(), &common, root, iters).with_grafting(grafting),
+                apply_common!(KradagradStarConfig::new(), &common, root, iters).with_grafting(Some(grafting)),
             )
         }
         "kradagrad" => Built::Mm(
-            apply_common!(KradagradConfig::new(), &common, root, iters).with_grafting(Grafting::None),
+            apply_common!(KradagradConfig::new(), &common, root, iters).with_grafting(None),
         ),
         "shampoo" => {
             let grafting = if graft_type == 2 {
-                Grafting::AdaGrad
+                Grafting::AdaGrad {
+                    epsilon: common.diagonal_eps,
+                }
             } else {
                 Grafting::SgdNorm
             };
             Built::Shampoo(
                 apply_common!(ShampooConfig::new(), &common, root, iters)
-                    .with_grafting(grafting)
-                    .with_inverse_exponent_override(override_ as u32),
+                    .with_grafting(Some(grafting))
+                    .with_inverse_exponent_override((override_ != 0).then_some(override_ as u32)),
             )
         }
         other => return Err(format!("unsupported: optimizer {other}")),

@@ -9,10 +9,12 @@ pub mod optim;
 pub mod roots;
 pub mod transforms;
 
-pub use config::{ConfigError, NonFiniteGradients};
-pub use optim::kradagrad::{Kradagrad, KradagradConfig};
-pub use optim::kradagrad_star::{KradagradStar, KradagradStarConfig};
-pub use optim::shampoo::{Shampoo, ShampooConfig};
-pub use optim::{BatchedOptimizer, BatchedState, ClassState, FactorGroup, PreconditionerState, StateOrigin};
+pub use config::{
+    ConfigError, Grafting, KradagradConfig, KradagradStarConfig, MomentumConfig, MomentumForm,
+    NonFiniteGradients, ShampooConfig, WeightDecayConfig, WeightDecayStyle,
+};
+pub use optim::{
+    BatchedOptimizer, BatchedState, ClassState, FactorGroup, Kradagrad, KradagradStar, ParkedState,
+    PerParameterOptimizer, PreconditionerState, Shampoo, StateOrigin,
+};
 pub use roots::{RootMethod, RootSpec};
-pub use transforms::{Grafting, MomentumForm, NesterovStyle, WeightDecayStyle};

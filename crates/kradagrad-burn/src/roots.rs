@@ -80,10 +80,10 @@ pub struct NewtonSchedule {
     /// allow fewer).
     pub max_iterations: usize,
     /// Every this many iterations, read back whether every matrix of the
-    /// stage has converged (frozen), and end the stage if so. `0`: never read,
-    /// run the full count with no host synchronisation. The result is the
-    /// same either way: iterations on frozen matrices change nothing.
-    pub convergence_check: usize,
+    /// stage has converged (frozen), and end the stage if so. `None`: never
+    /// read, run the full count with no host synchronisation. The result is
+    /// the same either way: iterations on frozen matrices change nothing.
+    pub convergence_check: Option<usize>,
 }
 
 impl NewtonSchedule {
@@ -91,15 +91,15 @@ impl NewtonSchedule {
     pub fn fixed(max_iterations: usize) -> Self {
         Self {
             max_iterations,
-            convergence_check: 0,
+            convergence_check: None,
         }
     }
 
-    /// The same cap, with a convergence check every `every` iterations (`0`:
-    /// none).
+    /// The same cap, with a convergence check every `every` iterations (at
+    /// least 1).
     pub fn with_convergence_check(self, every: usize) -> Self {
         Self {
-            convergence_check: every,
+            convergence_check: Some(every.max(1)),
             ..self
         }
     }
@@ -470,7 +470,7 @@ fn bounded_newton_root<B: Backend>(
         // Optional early end (the only host read of a root computation): once
         // every matrix is frozen, the remaining iterations are no-ops.
         let every = schedule.convergence_check;
-        if every > 0 && k % every == 0 && k < iteration_count && all_frozen(frozen.clone()) {
+        if every.is_some_and(|every| k.is_multiple_of(every)) && k < iteration_count && all_frozen(frozen.clone()) {
             iterations_run = k;
             break;
         }

@@ -1,79 +1,11 @@
 //! Small gradient transformations shared by all three optimizers, in the
-//! spirit of optax: grafting, weight decay and momentum (ALGORITHM.md
-//! sections 3 and 6). Each is a plain function of tensors and its own state.
+//! spirit of optax: grafting, weight decay and momentum (docs/algorithm.md,
+//! "Shared transforms"), each a plain function of tensors and its own state,
+//! and [`update_parameter`], the step's tail that composes them.
 
-use burn::config::Config;
 use burn::tensor::{backend::Backend, Tensor};
 
-/// Whose step size the preconditioned direction borrows (layer-wise grafting).
-///
-/// The direction `D` is rescaled to the Frobenius norm of the graft direction:
-/// `D * ||graft|| / (||D|| + 1e-16)`.
-#[derive(Config, Debug, Copy, PartialEq)]
-pub enum Grafting {
-    /// No rescaling: the preconditioned direction is used as it is.
-    None,
-    /// Rescale to the norm of the raw gradient (SGD's step size).
-    SgdNorm,
-    /// Rescale to the norm of AdaGrad's direction `G / (sqrt(a) + diagonal_eps)`,
-    /// `a += G*G`.
-    AdaGrad,
-    /// Rescale to the norm of the reference's Adam-style direction
-    /// `G / (sqrt(v) + diagonal_eps)`, `v = beta2 v + G*G` (no bias correction),
-    /// with the statistics' `beta2`: the form the paper's experiments ran.
-    Adam,
-    /// Adam's own direction, with its own second-moment decay and epsilon:
-    /// `v = beta2 v + (1 - beta2) G*G`, graft direction
-    /// `G / (sqrt(v / (1 - beta2^t)) + epsilon)` at step `t` (counted from 1).
-    /// Before preconditioning starts (and for a parameter of merged rank 0) the
-    /// step takes this direction itself rather than the gradient rescaled to
-    /// its norm, so that with [`MomentumForm::FirstMoment`] and Adam's
-    /// learning rate, betas and epsilon those steps are Adam's (AdamW's with
-    /// decoupled weight decay); afterwards the preconditioned direction takes
-    /// its norm. `G` is the first-moment filtered gradient under
-    /// [`MomentumForm::FirstMoment`]; `v` always sees the raw gradient.
-    BiasCorrectedAdam {
-        /// Decay of the second moment `v`, in `[0, 1)` (Adam's `beta_2`).
-        beta2: f64,
-        /// Added to `sqrt(v_hat)` before dividing (Adam's `epsilon`).
-        epsilon: f64,
-    },
-}
-
-/// How `momentum` (`mu`) filters the step.
-#[derive(Config, Debug, Copy, PartialEq, Eq)]
-pub enum MomentumForm {
-    /// Heavy ball on the grafted direction `D`: `m = mu m + D`, step along `m`
-    /// (or a Nesterov form, see `nesterov`). The reference's form.
-    HeavyBall,
-    /// Adam's first moment of the gradient, bias-corrected, taken before
-    /// preconditioning: `m = mu m + (1 - mu) G`, and the step preconditions
-    /// and grafts `m / (1 - mu^t)` in place of `G` (the statistics still see
-    /// the raw `G`). Together with [`Grafting::BiasCorrectedAdam`] this turns
-    /// the steps before preconditioning into Adam's. Not combinable with
-    /// `nesterov`.
-    FirstMoment,
-}
-
-/// How the momentum buffer is turned into an update when `nesterov` is on.
-#[derive(Config, Debug, Copy, PartialEq, Eq)]
-pub enum NesterovStyle {
-    /// Textbook Nesterov: `m = mu m + D`, step along `D + mu m`.
-    Textbook,
-    /// The reference implementation's recurrence `m = mu^2 m + (1 + mu) D`, step
-    /// along `m`: use it only to re-run published experiments (section 6).
-    Reference,
-}
-
-/// How weight decay enters the update.
-#[derive(Config, Debug, Copy, PartialEq, Eq)]
-pub enum WeightDecayStyle {
-    /// The reference's L2 term added after preconditioning and grafting:
-    /// `D = D + wd * W`.
-    L2AfterPreconditioning,
-    /// Decoupled (AdamW-style): `W = W - lr * wd * W` before the update.
-    Decoupled,
-}
+use crate::config::{Grafting, MomentumForm, Options, WeightDecayStyle};
 
 /// Frobenius norm of a whole tensor, as a one-element tensor on its device.
 ///
@@ -115,17 +47,17 @@ pub fn as_row<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
 /// graftings held inside (so a diagonal grafting without one cannot be built).
 #[derive(Debug, Clone)]
 pub enum GraftNorm<B: Backend, const D: usize> {
-    /// [`Grafting::None`]: no rescaling.
+    /// No grafting: the direction is used as it is.
     None,
     /// [`Grafting::SgdNorm`]: the norm of the raw gradient.
     SgdNorm,
     /// [`Grafting::AdaGrad`] or [`Grafting::Adam`]: the norm of
-    /// `G / (sqrt(accumulator) + diagonal_eps)`.
+    /// `G / (sqrt(accumulator) + epsilon)`.
     Diagonal {
         /// AdaGrad's `a` or Adam's `v`, already updated with this step's gradient.
         accumulator: Tensor<B, D>,
         /// Added to `sqrt(accumulator)` before dividing.
-        diagonal_eps: f64,
+        epsilon: f64,
     },
     /// [`Grafting::BiasCorrectedAdam`]: the norm of Adam's direction
     /// `G / (sqrt(v * bias_correction) + epsilon)`, which is also the step's
@@ -133,7 +65,7 @@ pub enum GraftNorm<B: Backend, const D: usize> {
     BiasCorrectedAdam {
         /// Adam's `v`, already updated with this step's gradient.
         second_moment: Tensor<B, D>,
-        /// `1 / (1 - beta2^t)`.
+        /// `1 / (1 - beta_2^t)`.
         bias_correction: f64,
         /// Added to `sqrt(v_hat)` before dividing.
         epsilon: f64,
@@ -154,45 +86,41 @@ impl<B: Backend, const D: usize> GraftNorm<B, D> {
 
 /// This step's [`GraftNorm`] for `grafting`: the accumulator of a diagonal
 /// grafting is updated with `grad` (AdaGrad: `a += G*G`; Adam:
-/// `v = beta2 v + G*G`; bias-corrected Adam: `v = b2 v + (1 - b2) G*G` with
-/// its own `b2`; from zero when `accumulator` is `None`). `step` counts this
-/// step from 1 (the bias correction's `t`).
+/// `v = beta_2 v + G*G` with the statistics' `beta_2`; bias-corrected Adam:
+/// `v = b2 v + (1 - b2) G*G` with its own `b2`; from zero when `accumulator`
+/// is `None`). `step` counts this step from 1 (the bias correction's `t`).
 pub fn accumulate_graft<B: Backend, const D: usize>(
-    grafting: Grafting,
+    grafting: Option<Grafting>,
     accumulator: Option<Tensor<B, D>>,
     grad: &Tensor<B, D>,
-    beta2: f64,
-    diagonal_eps: f64,
+    statistics_beta_2: f64,
     step: usize,
 ) -> GraftNorm<B, D> {
     let squared = || grad.clone().square();
-    let accumulator = match grafting {
-        Grafting::None => return GraftNorm::None,
-        Grafting::SgdNorm => return GraftNorm::SgdNorm,
-        Grafting::BiasCorrectedAdam { beta2, epsilon } => {
-            let fresh = squared().mul_scalar(1.0 - beta2);
+    let (accumulator, epsilon) = match grafting {
+        None => return GraftNorm::None,
+        Some(Grafting::SgdNorm) => return GraftNorm::SgdNorm,
+        Some(Grafting::BiasCorrectedAdam { beta_2, epsilon }) => {
+            let fresh = squared().mul_scalar(1.0 - beta_2);
             return GraftNorm::BiasCorrectedAdam {
                 second_moment: match accumulator {
-                    Some(v) => v.mul_scalar(beta2) + fresh,
+                    Some(v) => v.mul_scalar(beta_2) + fresh,
                     None => fresh,
                 },
-                bias_correction: 1.0 / (1.0 - beta2.powi(step.min(i32::MAX as usize) as i32)),
+                bias_correction: 1.0 / (1.0 - beta_2.powi(step.min(i32::MAX as usize) as i32)),
                 epsilon,
             };
         }
-        Grafting::AdaGrad => match accumulator {
-            Some(a) => a + squared(),
-            None => squared(),
+        Some(Grafting::AdaGrad { epsilon }) => match accumulator {
+            Some(a) => (a + squared(), epsilon),
+            None => (squared(), epsilon),
         },
-        Grafting::Adam => match accumulator {
-            Some(v) => v.mul_scalar(beta2) + squared(),
-            None => squared(),
+        Some(Grafting::Adam { epsilon }) => match accumulator {
+            Some(v) => (v.mul_scalar(statistics_beta_2) + squared(), epsilon),
+            None => (squared(), epsilon),
         },
     };
-    GraftNorm::Diagonal {
-        accumulator,
-        diagonal_eps,
-    }
+    GraftNorm::Diagonal { accumulator, epsilon }
 }
 
 /// Rescales `direction` to the norm that `norm` names (identity for
@@ -229,15 +157,14 @@ pub fn graft<B: Backend, const D: usize>(
     // The sums of squares keep the tensor's rank (`[1; D]`), so that their
     // square roots and the rescaling broadcast without a reshape: Burn 0.21's
     // fusion ends a fused kernel at a reshape of a computed value, and
-    // reshaping the inputs to `[1, numel]` rows instead hit a fusion bug
-    // (docs/performance.md, "Why the rows version failed").
+    // reshaping the inputs to `[1, numel]` rows instead fails in Burn 0.21's
+    // fusion.
     let graft_squares = match norm {
         GraftNorm::None => return direction,
         GraftNorm::SgdNorm => sum_of_squares(grad.clone()),
-        GraftNorm::Diagonal {
-            accumulator,
-            diagonal_eps,
-        } => sum_of_squares(grad.clone() / accumulator.clone().sqrt().add_scalar(*diagonal_eps)),
+        GraftNorm::Diagonal { accumulator, epsilon } => {
+            sum_of_squares(grad.clone() / accumulator.clone().sqrt().add_scalar(*epsilon))
+        }
         GraftNorm::BiasCorrectedAdam { .. } => unreachable!("returned above"),
     };
     let direction_squares = sum_of_squares(direction.clone());
@@ -284,38 +211,40 @@ pub fn first_moment<B: Backend, const D: usize>(
     (m.clone(), m.mul_scalar(bias_correction))
 }
 
-/// Heavy-ball momentum with optional Nesterov (section 6). Returns the update
-/// to subtract (times the learning rate) and the new buffer (`None` when
-/// `momentum == 0`).
+/// Heavy-ball momentum in one of its forms (docs/algorithm.md,
+/// "Shared transforms"). Returns the update to subtract (times the learning
+/// rate) and the new buffer (`None` when `momentum == 0`).
+/// [`MomentumForm::FirstMoment`] is taken before preconditioning instead
+/// ([`first_moment`]); here it passes the direction through, with no buffer.
 ///
 /// The composition of [`decay_momentum`] and [`add_momentum`].
 pub fn apply_momentum<B: Backend, const D: usize>(
     momentum: f64,
-    nesterov: Option<NesterovStyle>,
+    form: MomentumForm,
     buffer: Option<Tensor<B, D>>,
     direction: Tensor<B, D>,
 ) -> (Tensor<B, D>, Option<Tensor<B, D>>) {
-    let decayed = decay_momentum(momentum, nesterov, buffer);
-    add_momentum(momentum, nesterov, decayed, direction)
+    let decayed = decay_momentum(momentum, form, buffer);
+    add_momentum(momentum, form, decayed, direction)
 }
 
 /// The first half of [`apply_momentum`]: the old buffer times its decay
-/// (`mu`, or `mu^2` for [`NesterovStyle::Reference`]); `None` when there is
-/// no buffer yet or `momentum == 0`.
+/// (`mu`, or `mu^2` for [`MomentumForm::ReferenceNesterov`]); `None` when
+/// there is no buffer yet or `momentum == 0`.
 ///
 /// Split off so that a step can issue it before the work that produces the
 /// direction: Burn's fusion then runs it inside the step's last element-wise
-/// kernel rather than in a kernel of its own (docs/performance.md).
+/// kernel rather than in a kernel of its own.
 pub fn decay_momentum<B: Backend, const D: usize>(
     momentum: f64,
-    nesterov: Option<NesterovStyle>,
+    form: MomentumForm,
     buffer: Option<Tensor<B, D>>,
 ) -> Option<Tensor<B, D>> {
-    if momentum == 0.0 {
+    if momentum == 0.0 || form == MomentumForm::FirstMoment {
         return None;
     }
-    let factor = match nesterov {
-        Some(NesterovStyle::Reference) => momentum * momentum,
+    let factor = match form {
+        MomentumForm::ReferenceNesterov => momentum * momentum,
         _ => momentum,
     };
     buffer.map(|m| m.mul_scalar(factor))
@@ -325,23 +254,25 @@ pub fn decay_momentum<B: Backend, const D: usize>(
 /// the old buffer: the update and the new buffer.
 pub fn add_momentum<B: Backend, const D: usize>(
     momentum: f64,
-    nesterov: Option<NesterovStyle>,
+    form: MomentumForm,
     decayed: Option<Tensor<B, D>>,
     direction: Tensor<B, D>,
 ) -> (Tensor<B, D>, Option<Tensor<B, D>>) {
     if momentum == 0.0 {
         return (direction, None);
     }
-    match nesterov {
-        None => {
+    match form {
+        MomentumForm::HeavyBall => {
             let m = add_opt(decayed, direction);
             (m.clone(), Some(m))
         }
-        Some(NesterovStyle::Textbook) => {
+        // The first moment's buffer is `first_moment`'s, taken before preconditioning.
+        MomentumForm::FirstMoment => (direction, None),
+        MomentumForm::Nesterov => {
             let m = add_opt(decayed, direction.clone());
             (direction + m.clone().mul_scalar(momentum), Some(m))
         }
-        Some(NesterovStyle::Reference) => {
+        MomentumForm::ReferenceNesterov => {
             let m = add_opt(decayed, direction.mul_scalar(1.0 + momentum));
             (m.clone(), Some(m))
         }
@@ -352,6 +283,114 @@ fn add_opt<B: Backend, const D: usize>(a: Option<Tensor<B, D>>, b: Tensor<B, D>)
     match a {
         Some(a) => a + b,
         None => b,
+    }
+}
+
+/// What the step's tail ([`update_parameter`]) works on, all in one shape.
+pub(crate) struct UpdateInputs<B: Backend, const D: usize> {
+    /// The parameter.
+    pub param: Tensor<B, D>,
+    /// The raw gradient.
+    pub grad: Tensor<B, D>,
+    /// The preconditioned direction; `None` where nothing was preconditioned.
+    pub direction: Option<Tensor<B, D>>,
+    /// The graft accumulator before the step.
+    pub graft: Option<Tensor<B, D>>,
+    /// The momentum buffer before the step.
+    pub momentum: Option<Tensor<B, D>>,
+    /// Under [`Options::filters_gradient`]: the momentum buffer after the
+    /// step and the bias-corrected first moment that stands in for the
+    /// gradient (see [`first_moment`]).
+    pub first_moment: Option<(Tensor<B, D>, Tensor<B, D>)>,
+    /// This step, counted from 1 (the bias corrections' `t`).
+    pub step: usize,
+}
+
+/// What the step's tail leaves: the new parameter and the new graft and
+/// momentum buffers.
+pub(crate) struct UpdateOutputs<B: Backend, const D: usize> {
+    /// The parameter after the step.
+    pub param: Tensor<B, D>,
+    /// The graft accumulator after the step, if the grafting has one.
+    pub graft: Option<Tensor<B, D>>,
+    /// The momentum buffer after the step, if momentum is on.
+    pub momentum: Option<Tensor<B, D>>,
+}
+
+impl<B: Backend, const D: usize> UpdateInputs<B, D> {
+    /// The same inputs with every tensor passed through `f` (a reshape).
+    pub fn map<const E: usize>(self, f: impl Fn(Tensor<B, D>) -> Tensor<B, E>) -> UpdateInputs<B, E> {
+        UpdateInputs {
+            param: f(self.param),
+            grad: f(self.grad),
+            direction: self.direction.map(&f),
+            graft: self.graft.map(&f),
+            momentum: self.momentum.map(&f),
+            first_moment: self.first_moment.map(|(m, filtered)| (f(m), f(filtered))),
+            step: self.step,
+        }
+    }
+}
+
+impl<B: Backend, const D: usize> UpdateOutputs<B, D> {
+    /// The same outputs with every tensor passed through `f` (a reshape).
+    pub fn map<const E: usize>(self, f: impl Fn(Tensor<B, D>) -> Tensor<B, E>) -> UpdateOutputs<B, E> {
+        UpdateOutputs {
+            param: f(self.param),
+            graft: self.graft.map(&f),
+            momentum: self.momentum.map(&f),
+        }
+    }
+}
+
+/// The step's tail, what every optimizer does after preconditioning
+/// (docs/algorithm.md, "Shared transforms"): graft the direction, add weight
+/// decay, filter with momentum, and take the step at learning rate `lr`.
+pub(crate) fn update_parameter<B: Backend, const D: usize>(
+    options: &Options,
+    lr: f64,
+    inputs: UpdateInputs<B, D>,
+) -> UpdateOutputs<B, D> {
+    let UpdateInputs {
+        param,
+        grad,
+        direction,
+        graft: graft_buffer,
+        momentum: momentum_buffer,
+        first_moment,
+        step,
+    } = inputs;
+    let mu = options.momentum_factor();
+    let form = options.momentum.map_or(MomentumForm::HeavyBall, |m| m.form);
+    // The momentum's decay first: issued after the grafting's norms, it would
+    // run in a kernel of its own (see `decay_momentum`).
+    let decayed = decay_momentum(mu, form, momentum_buffer);
+    let graft_norm = accumulate_graft(options.grafting, graft_buffer, &grad, options.beta_2, step);
+    // The graft direction is that of the gradient the step preconditioned:
+    // the first moment where there is one.
+    let (new_first_moment, source) = match first_moment {
+        Some((buffer, filtered)) => (Some(buffer), filtered),
+        None => (None, grad),
+    };
+    let mut direction = graft(&graft_norm, direction, &source);
+    let graft_buffer = graft_norm.into_accumulator();
+    let mut updated = param.clone();
+    if let Some(decay) = options.weight_decay.filter(|d| d.penalty != 0.0) {
+        match decay.style {
+            WeightDecayStyle::L2AfterPreconditioning => {
+                direction = direction + param.mul_scalar(decay.penalty)
+            }
+            WeightDecayStyle::Decoupled => updated = updated - param.mul_scalar(lr * decay.penalty),
+        }
+    }
+    let (update, momentum_buffer) = match new_first_moment {
+        Some(buffer) => (direction, Some(buffer)),
+        None => add_momentum(mu, form, decayed, direction),
+    };
+    UpdateOutputs {
+        param: updated - update.mul_scalar(lr),
+        graft: graft_buffer,
+        momentum: momentum_buffer,
     }
 }
 
@@ -375,17 +414,17 @@ mod tests {
     fn momentum_recurrences_follow_section_6() {
         let mu = 0.9;
         // Heavy ball: m = mu m + D, step m.
-        let (u, m) = apply_momentum(mu, None, Some(t(1.0)), t(2.0));
+        let (u, m) = apply_momentum(mu, MomentumForm::HeavyBall, Some(t(1.0)), t(2.0));
         assert!((v(u) - 2.9).abs() < 1e-12 && (v(m.unwrap()) - 2.9).abs() < 1e-12);
         // Textbook Nesterov: m = mu m + D, step D + mu m.
-        let (u, m) = apply_momentum(mu, Some(NesterovStyle::Textbook), Some(t(1.0)), t(2.0));
+        let (u, m) = apply_momentum(mu, MomentumForm::Nesterov, Some(t(1.0)), t(2.0));
         assert!((v(u) - (2.0 + 0.9 * 2.9)).abs() < 1e-12 && (v(m.unwrap()) - 2.9).abs() < 1e-12);
         // The reference's recurrence: m = mu^2 m + (1 + mu) D, step m.
-        let (u, m) = apply_momentum(mu, Some(NesterovStyle::Reference), Some(t(1.0)), t(2.0));
+        let (u, m) = apply_momentum(mu, MomentumForm::ReferenceNesterov, Some(t(1.0)), t(2.0));
         let expected = 0.81 + 1.9 * 2.0;
         assert!((v(u) - expected).abs() < 1e-12 && (v(m.unwrap()) - expected).abs() < 1e-12);
         // No momentum: no buffer.
-        let (u, m) = apply_momentum(0.0, Some(NesterovStyle::Textbook), None, t(2.0));
+        let (u, m) = apply_momentum(0.0, MomentumForm::Nesterov, None, t(2.0));
         assert_eq!((v(u), m.is_none()), (2.0, true));
     }
 
@@ -417,17 +456,17 @@ mod tests {
         assert_eq!(sgd.into_data().to_vec::<f64>().unwrap(), vec![0.0, 5.0]);
         let none = graft(&GraftNorm::None, Some(direction.clone()), &grad);
         assert_eq!(none.into_data().to_vec::<f64>().unwrap(), vec![0.0, 10.0]);
-        assert!(accumulate_graft(Grafting::SgdNorm, None, &grad, 1.0, 1e-6, 1)
+        assert!(accumulate_graft(Some(Grafting::SgdNorm), None, &grad, 1.0, 1)
             .into_accumulator()
             .is_none());
         // AdaGrad after one step: a = G^2, graft direction G / (|G| + eps) has norm ~ sqrt(2).
-        let ada_norm = accumulate_graft(Grafting::AdaGrad, None, &grad, 1.0, 1e-6, 1);
+        let ada_norm = accumulate_graft(Some(Grafting::AdaGrad { epsilon: 1e-6 }), None, &grad, 1.0, 1);
         let ada = graft(&ada_norm, Some(direction), &grad);
         let got = ada.into_data().to_vec::<f64>().unwrap()[1];
         assert!((got - 2f64.sqrt()).abs() < 1e-6, "{got}");
-        // Adam accumulator decays by beta2 and adds G^2 without (1 - beta2).
+        // Adam accumulator decays by beta_2 and adds G^2 without (1 - beta2).
         let acc = ada_norm.into_accumulator();
-        let adam = accumulate_graft(Grafting::Adam, acc, &grad, 0.5, 1e-6, 2).into_accumulator();
+        let adam = accumulate_graft(Some(Grafting::Adam { epsilon: 1e-6 }), acc, &grad, 0.5, 2).into_accumulator();
         assert_eq!(
             adam.unwrap().into_data().to_vec::<f64>().unwrap(),
             vec![4.5 + 9.0, 8.0 + 16.0]

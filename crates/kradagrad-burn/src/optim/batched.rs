@@ -9,10 +9,9 @@
 //! the blocks of every parameter that share a block shape (and, for
 //! KrADagrad, the one-factor schedule), and runs one batched statistics
 //! update, one batched product per factor and one batched root computation per
-//! factor size for the model. The arithmetic per block is that of the
-//! per-parameter optimizers (ALGORITHM.md sections 3 to 6), so both give the
-//! same updates to round-off; grafting, weight decay and momentum stay per
-//! parameter. docs/performance.md has the measurements.
+//! factor size for the model. Both front ends run the same step engine, so
+//! both give the same updates to round-off; grafting, weight decay and
+//! momentum stay per parameter. docs/performance.md has the measurements.
 //!
 //! A parameter without a gradient at a step (a branch not taken, a frozen
 //! layer) is left as it is and its state kept, as Burn's `OptimizerAdaptor`
@@ -42,17 +41,11 @@ use burn::record::Record;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
-use super::engine::{
-    check_float_type, check_learning_rate, filters_gradient, finish_flat, keep_statistics_if, precondition,
-    refresh_roots, update_statistics, Factors, TailInputs, Touched, Variant,
-};
-use super::kradagrad::largest_dim;
+use super::engine::{Engine, ParamInput, SetState};
+use super::stacking::Stacking;
 use super::state::{factors_mismatch, tensor_bytes};
-use super::{FactorGroup, PreconditionerState, StateOrigin};
-use crate::config::{NonFiniteGradients, Options};
-use crate::guard;
-use crate::layout::{flatten, reshape, stack, unstack, unstack_flat, BlockLayout};
-use crate::transforms::first_moment;
+use super::{ClassState, FactorGroup, PreconditionerState, StateOrigin};
+use crate::layout::{flatten, reshape, stack, unstack, BlockLayout};
 
 /// The state of a [`BatchedOptimizer`], also its Burn record.
 ///
@@ -104,19 +97,6 @@ pub struct ParkedState<B: Backend> {
     pub state: PreconditionerState<B, 1>,
 }
 
-/// The stacked factors of the parameters that share a merged rank (and, for
-/// KrADagrad, the position of the largest merged dim, which fixes the
-/// one-factor schedule).
-#[derive(Record, Clone, Debug)]
-pub struct ClassState<B: Backend> {
-    /// Step counter, as [`PreconditionerState::step`](super::PreconditionerState::step).
-    pub step: usize,
-    /// One factor group per distinct block shape of the class.
-    pub groups: Vec<FactorGroup<B>>,
-    /// KrADagrad only: the dims updated since their roots were last computed.
-    pub stale_dims: Vec<bool>,
-}
-
 impl<B: Backend> BatchedState<B> {
     /// A state holding nothing: what [`BatchedOptimizer::to_record`] returns
     /// before the first step.
@@ -165,11 +145,7 @@ impl<B: Backend> BatchedState<B> {
             classes: self
                 .classes
                 .into_iter()
-                .map(|c| ClassState {
-                    step: c.step,
-                    groups: c.groups.into_iter().map(|g| g.map(&f3)).collect(),
-                    stale_dims: c.stale_dims,
-                })
+                .map(|c| c.map(&f3))
                 .collect(),
             graft: self.graft.into_iter().map(|b| b.map(&f1)).collect(),
             momentum: self.momentum.into_iter().map(|b| b.map(&f1)).collect(),
@@ -190,177 +166,40 @@ impl<B: Backend> BatchedState<B> {
     }
 }
 
-/// One block batch of a region of one parameter, inside a stacked group.
-#[derive(Debug, Clone)]
-struct Member {
-    /// Index of the parameter in visit order.
-    param: usize,
-    /// Index of the region in the parameter's layout.
-    region: usize,
-    /// Number of blocks of the region.
-    blocks: usize,
-}
-
-/// The blocks of one shape stacked across the parameters of a class.
-#[derive(Debug, Clone)]
-struct GroupPlan {
-    block_dims: Vec<usize>,
-    members: Vec<Member>,
-}
-
-impl GroupPlan {
-    fn num_blocks(&self) -> usize {
-        self.members.iter().map(|m| m.blocks).sum()
-    }
-}
-
-/// Parameters preconditioned together: same merged rank (and, for KrADagrad,
-/// same schedule), same step counter and, for KrADagrad, the same pending
-/// roots.
-#[derive(Debug, Clone)]
-struct ClassPlan {
-    /// The merged dims of the class's first parameter: what KrADagrad's
-    /// schedule reads (rank and position of the largest dim), shared by all.
-    dims: Vec<usize>,
-    groups: Vec<GroupPlan>,
-}
-
-/// How the parameters of a model map onto stacked factors (host-only, rebuilt
-/// from the shapes).
-#[derive(Debug, Clone)]
-struct Plan {
-    layouts: Vec<BlockLayout>,
-    classes: Vec<ClassPlan>,
-}
-
-impl Plan {
-    /// The plan of parameters of `shapes`, classed by `key` (parameters of
-    /// equal keys share a class; `key` is only asked for parameters of merged
-    /// rank 1 or more), with the class of each parameter (see
-    /// [`BatchedState::class_of`]).
-    fn by_key<K: PartialEq>(
-        shapes: &[Vec<usize>],
-        options: &Options,
-        mut key: impl FnMut(usize, &BlockLayout) -> K,
-    ) -> (Self, Vec<Option<usize>>) {
-        let layouts: Vec<_> = shapes
-            .iter()
-            .map(|s| BlockLayout::new(s, options.block_size, options.merge_dims))
-            .collect();
-        let mut keys: Vec<K> = vec![];
-        let class_of: Vec<Option<usize>> = layouts
-            .iter()
-            .enumerate()
-            .map(|(p, layout)| {
-                if layout.rank() == 0 {
-                    return None;
-                }
-                let k = key(p, layout);
-                Some(match keys.iter().position(|known| *known == k) {
-                    Some(c) => c,
-                    None => {
-                        keys.push(k);
-                        keys.len() - 1
-                    }
-                })
-            })
-            .collect();
-        (Self::with_classes(layouts, &class_of), class_of)
-    }
-
-    /// The plan of parameters laid out as `layouts`, stacked in the classes
-    /// `class_of` names.
-    fn with_classes(layouts: Vec<BlockLayout>, class_of: &[Option<usize>]) -> Self {
-        let count = class_of.iter().flatten().map(|&c| c + 1).max().unwrap_or(0);
-        let mut classes: Vec<Option<ClassPlan>> = vec![None; count];
-        for (p, (layout, class)) in layouts.iter().zip(class_of).enumerate() {
-            let Some(&c) = class.as_ref() else { continue };
-            let class = classes[c].get_or_insert_with(|| ClassPlan {
-                dims: layout.dims.clone(),
-                groups: vec![],
-            });
-            for (r, region) in layout.regions.iter().enumerate() {
-                let member = Member {
-                    param: p,
-                    region: r,
-                    blocks: region.num_blocks(),
-                };
-                match class
-                    .groups
-                    .iter_mut()
-                    .find(|g| g.block_dims == region.block_dims)
-                {
-                    Some(g) => g.members.push(member),
-                    None => class.groups.push(GroupPlan {
-                        block_dims: region.block_dims.clone(),
-                        members: vec![member],
-                    }),
-                }
+/// The stacking a state records. A state written before states recorded
+/// [`BatchedState::class_of`] is classed by the algorithm's class key (all
+/// its parameters had stepped together).
+fn stacking_of_state<B: Backend>(state: &BatchedState<B>, engine: &Engine) -> Stacking {
+    let options = &engine.options;
+    match &state.class_of {
+        Some(class_of) if class_of.len() == state.shapes.len() => {
+            let layouts = state
+                .shapes
+                .iter()
+                .map(|s| BlockLayout::new(s, options.block_size, options.merge_dims))
+                .collect::<Vec<_>>();
+            let ranks_fit = layouts
+                .iter()
+                .zip(class_of)
+                .all(|(l, c)| (l.rank() == 0) == c.is_none());
+            if !ranks_fit || class_of.iter().flatten().any(|&c| c >= state.classes.len()) {
+                state_mismatch("its class assignment does not fit its parameters' layouts".into());
             }
+            Stacking::with_classes(layouts, class_of)
         }
-        let classes = classes
-            .into_iter()
-            .map(|c| c.expect("every class index has a member"))
-            .collect();
-        Self { layouts, classes }
-    }
-
-    /// The plan a state records. A state written before states recorded
-    /// [`BatchedState::class_of`] is classed by merged rank and, for
-    /// KrADagrad, the position of the largest merged dim (all its parameters
-    /// had stepped together).
-    fn of_state<B: Backend>(state: &BatchedState<B>, options: &Options, variant: Variant) -> Self {
-        match &state.class_of {
-            Some(class_of) if class_of.len() == state.shapes.len() => {
-                let layouts = state
-                    .shapes
-                    .iter()
-                    .map(|s| BlockLayout::new(s, options.block_size, options.merge_dims))
-                    .collect::<Vec<_>>();
-                let ranks_fit = layouts
-                    .iter()
-                    .zip(class_of)
-                    .all(|(l, c)| (l.rank() == 0) == c.is_none());
-                if !ranks_fit || class_of.iter().flatten().any(|&c| c >= state.classes.len()) {
-                    state_mismatch("its class assignment does not fit its parameters' layouts".into());
-                }
-                Self::with_classes(layouts, class_of)
-            }
-            Some(class_of) => state_mismatch(format!(
-                "{} class assignments stored for {} parameters",
-                class_of.len(),
-                state.shapes.len()
-            )),
-            None => Self::by_key(&state.shapes, options, |_, layout| schedule_key(variant, layout)).0,
-        }
+        Some(class_of) => state_mismatch(format!(
+            "{} class assignments stored for {} parameters",
+            class_of.len(),
+            state.shapes.len()
+        )),
+        None => Stacking::by_key(&state.shapes, options, |_, layout| engine.algorithm.class_key(layout)).0,
     }
 }
-
-/// What parameters of one class share besides their step: the merged rank
-/// and, for KrADagrad, the position of the first largest merged dim, which
-/// fix the one-factor schedule.
-fn schedule_key(variant: Variant, layout: &BlockLayout) -> (usize, usize) {
-    let largest = match variant {
-        Variant::Kradagrad => largest_dim(&layout.dims),
-        _ => 0,
-    };
-    (layout.rank(), largest)
-}
-
-/// One parameter's blocks, one slot per region of its layout (emptied as
-/// they are stacked or assembled).
-type Regions<B> = Vec<Option<Tensor<B, 2>>>;
-
-/// One parameter's preconditioned regions, each flattened (see
-/// [`BlockLayout::assemble`]), one slot per region.
-type FlatRegions<B> = Vec<Option<Tensor<B, 1>>>;
 
 /// A parameter with a gradient, flattened, as collected at the start of a step.
 struct Entry<B: Backend> {
     id: ParamId,
-    shape: Vec<usize>,
-    param: Tensor<B, 1>,
-    grad: Tensor<B, 1>,
+    input: ParamInput<B, 1>,
 }
 
 /// Collects every float parameter that has a gradient, in visit order.
@@ -381,9 +220,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Collector<'_, B> {
             let shape = tensor.dims().to_vec();
             self.entries.push(Entry {
                 id: param.id,
-                shape,
-                param: flatten(tensor),
-                grad: flatten(grad),
+                input: ParamInput {
+                    shape,
+                    param: flatten(tensor),
+                    grad: flatten(grad),
+                },
             });
         }
     }
@@ -434,12 +275,11 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Writer<B> {
 /// let model = optimizer.step(0.1, model, grads);
 /// ```
 pub struct BatchedOptimizer<M, B: AutodiffBackend> {
-    options: Options,
-    variant: Variant,
+    engine: Engine,
     grad_clipping: Option<GradientClipping>,
     state: Option<BatchedState<B::InnerBackend>>,
-    /// The plan of `state` (rebuilt from its shapes after a record is loaded).
-    plan: Option<Plan>,
+    /// The stacking of `state` (rebuilt from its shapes after a record is loaded).
+    stacking: Option<Stacking>,
     /// A loaded record still lives on the device it was loaded on.
     loaded: bool,
     module: PhantomData<fn() -> M>,
@@ -448,11 +288,10 @@ pub struct BatchedOptimizer<M, B: AutodiffBackend> {
 impl<M, B: AutodiffBackend> Clone for BatchedOptimizer<M, B> {
     fn clone(&self) -> Self {
         Self {
-            options: self.options.clone(),
-            variant: self.variant,
+            engine: self.engine.clone(),
             grad_clipping: self.grad_clipping.clone(),
             state: self.state.clone(),
-            plan: self.plan.clone(),
+            stacking: self.stacking.clone(),
             loaded: self.loaded,
             module: PhantomData,
         }
@@ -460,14 +299,13 @@ impl<M, B: AutodiffBackend> Clone for BatchedOptimizer<M, B> {
 }
 
 impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
-    /// A fresh optimizer (the configs' `init_batched` validates `options` first).
-    pub(crate) fn new(options: Options, variant: Variant) -> Self {
+    /// A fresh optimizer (the configs' `init_batched` validates the options first).
+    pub(crate) fn new(engine: Engine) -> Self {
         Self {
-            options,
-            variant,
+            engine,
             grad_clipping: None,
             state: None,
-            plan: None,
+            stacking: None,
             loaded: false,
             module: PhantomData,
         }
@@ -484,25 +322,14 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         self.state.as_ref()
     }
 
-    /// A fresh state of one parameter: statistics `scale * I`, roots `I`, no
-    /// buffers, in the parameter's float type.
-    fn fresh(
-        &self,
-        entry: &Entry<B::InnerBackend>,
-        layout: &BlockLayout,
-    ) -> PreconditionerState<B::InnerBackend, 1> {
-        PreconditionerState::new(
-            layout,
-            self.variant.origin(&self.options),
-            self.variant.initial_scale(&self.options),
-            self.variant == Variant::Kradagrad,
-            &entry.grad.device(),
-            entry.grad.dtype(),
-        )
+    /// A fresh state of one parameter, in its gradient's float type.
+    fn fresh(&self, entry: &Entry<B::InnerBackend>, layout: &BlockLayout) -> PreconditionerState<B::InnerBackend, 1> {
+        let grad = &entry.input.grad;
+        self.engine.fresh_state(layout, &grad.device(), grad.dtype())
     }
 
     /// The stacked state of `entries` from their own states (in `entries`'
-    /// order), with `parked` kept aside, and its plan. Parameters of one
+    /// order), with `parked` kept aside, and its stacking. Parameters of one
     /// class share a merged rank (for KrADagrad, a schedule), a step counter
     /// and pending roots.
     fn restack(
@@ -511,11 +338,11 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         mut own: Vec<PreconditionerState<B::InnerBackend, 1>>,
         parked: Vec<ParkedState<B::InnerBackend>>,
         steps: Option<usize>,
-    ) -> (BatchedState<B::InnerBackend>, Plan) {
-        let shapes: Vec<_> = entries.iter().map(|e| e.shape.clone()).collect();
-        let (plan, class_of) = Plan::by_key(&shapes, &self.options, |p, layout| {
+    ) -> (BatchedState<B::InnerBackend>, Stacking) {
+        let shapes: Vec<_> = entries.iter().map(|e| e.input.shape.clone()).collect();
+        let (stacking, class_of) = Stacking::by_key(&shapes, &self.engine.options, |p, layout| {
             (
-                schedule_key(self.variant, layout),
+                self.engine.algorithm.class_key(layout),
                 own[p].step,
                 own[p].stale_dims.clone(),
             )
@@ -524,7 +351,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             .iter_mut()
             .map(|state| state.groups.drain(..).map(Some).collect())
             .collect();
-        let classes = plan
+        let classes = stacking
             .classes
             .iter()
             .map(|class| {
@@ -567,19 +394,19 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             classes,
             graft,
             momentum,
-            origin: Some(self.variant.origin(&self.options)),
+            origin: Some(self.engine.algorithm.origin(&self.engine.options)),
             class_of: Some(class_of),
             parked: Some(parked),
             steps,
         };
-        (state, plan)
+        (state, stacking)
     }
 
     /// The states of the parameters of a stacked state: its active ones (as
-    /// `plan` stacks them, in its order), then its parked ones.
-    fn unstack(state: BatchedState<B::InnerBackend>, plan: &Plan) -> Vec<ParkedState<B::InnerBackend>> {
+    /// `stacking` stacks them, in its order), then its parked ones.
+    fn unstack(state: BatchedState<B::InnerBackend>, stacking: &Stacking) -> Vec<ParkedState<B::InnerBackend>> {
         let origin = state.origin.clone();
-        let mut own: Vec<PreconditionerState<B::InnerBackend, 1>> = plan
+        let mut own: Vec<PreconditionerState<B::InnerBackend, 1>> = stacking
             .layouts
             .iter()
             .zip(state.graft)
@@ -594,10 +421,10 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             })
             .collect();
         let mut regions: Vec<Vec<Option<FactorGroup<B::InnerBackend>>>> =
-            plan.layouts.iter().map(|l| vec![None; l.regions.len()]).collect();
-        for (class, class_state) in plan.classes.iter().zip(state.classes) {
+            stacking.layouts.iter().map(|l| vec![None; l.regions.len()]).collect();
+        for (class, class_state) in stacking.classes.iter().zip(state.classes) {
             for (group, stacked) in class.groups.iter().zip(class_state.groups) {
-                let counts: Vec<_> = group.members.iter().map(|m| m.blocks).collect();
+                let counts = group.counts();
                 let split =
                     |tensors: Vec<Tensor<B::InnerBackend, 3>>| -> Vec<Vec<Tensor<B::InnerBackend, 3>>> {
                         let per_dim: Vec<Vec<_>> = tensors.into_iter().map(|t| unstack(t, &counts)).collect();
@@ -633,16 +460,17 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         active.chain(state.parked.unwrap_or_default()).collect()
     }
 
-    /// The state and plan for this step's parameters: fresh at the first
+    /// The state and stacking for this step's parameters: fresh at the first
     /// step; the state as it is while the parameters with a gradient stay the
     /// same; otherwise restacked, a parameter without a gradient parked with
     /// its state and one seen for the first time joining with a fresh state.
     /// Clear panics when a state does not fit.
-    fn state_for(&mut self, entries: &[Entry<B::InnerBackend>]) -> (BatchedState<B::InnerBackend>, Plan) {
+    fn state_for(&mut self, entries: &[Entry<B::InnerBackend>]) -> (BatchedState<B::InnerBackend>, Stacking) {
+        let options = &self.engine.options;
         let layouts = || -> Vec<BlockLayout> {
             entries
                 .iter()
-                .map(|e| BlockLayout::new(&e.shape, self.options.block_size, self.options.merge_dims))
+                .map(|e| BlockLayout::new(&e.input.shape, options.block_size, options.merge_dims))
                 .collect()
         };
         let Some(state) = self.state.take() else {
@@ -654,24 +482,24 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             return self.restack(entries, own, vec![], Some(0));
         };
         if let Some(written) = &state.origin {
-            written.check(&self.variant.origin(&self.options), "BatchedOptimizer's state");
+            written.check(&self.engine.algorithm.origin(options), "BatchedOptimizer's state");
         }
         let loaded = std::mem::take(&mut self.loaded);
-        // A state this optimizer stepped keeps its plan; one loaded from a
-        // record gets the plan it records, checked against it once.
-        let plan = match self.plan.take() {
-            Some(plan) => plan,
+        // A state this optimizer stepped keeps its stacking; one loaded from a
+        // record gets the stacking it records, checked against it once.
+        let stacking = match self.stacking.take() {
+            Some(stacking) => stacking,
             None => {
-                let plan = Plan::of_state(&state, &self.options, self.variant);
-                check_state(&state, &plan, self.variant);
-                plan
+                let stacking = stacking_of_state(&state, &self.engine);
+                check_state(&state, &stacking, self.engine.algorithm.tracks_stale_dims());
+                stacking
             }
         };
         // A loaded record lives on the device, and in the float type, Burn
         // loaded it in (the device's default float type, which may not be the
         // parameters'): it follows the parameters.
         let state = if loaded {
-            let (device, dtype) = (entries[0].grad.device(), entries[0].grad.dtype());
+            let (device, dtype) = (entries[0].input.grad.device(), entries[0].input.grad.dtype());
             state.map_tensors(
                 |t| t.to_device(&device).cast(dtype),
                 |t| t.to_device(&device).cast(dtype),
@@ -681,14 +509,14 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         };
         let ids: Vec<u64> = entries.iter().map(|e| e.id.val()).collect();
         if state.param_ids == ids {
-            let shapes: Vec<_> = entries.iter().map(|e| e.shape.clone()).collect();
+            let shapes: Vec<_> = entries.iter().map(|e| e.input.shape.clone()).collect();
             if state.shapes != shapes {
                 state_mismatch(format!(
                     "it holds parameters of shapes {:?}, this step's have shapes {shapes:?}",
                     state.shapes
                 ));
             }
-            return (state, plan);
+            return (state, stacking);
         }
         let known = |id: &u64| {
             state.param_ids.contains(id) || state.parked.iter().flatten().any(|p| p.param_id == *id)
@@ -702,7 +530,7 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             );
         }
         let steps = Some(model_steps(&state));
-        let mut kept = Self::unstack(state, &plan);
+        let mut kept = Self::unstack(state, &stacking);
         let own = entries
             .iter()
             .zip(layouts())
@@ -710,15 +538,15 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                 |(entry, layout)| match kept.iter().position(|p| p.param_id == entry.id.val()) {
                     Some(k) => {
                         let parked = kept.remove(k);
-                        if parked.shape != entry.shape {
+                        if parked.shape != entry.input.shape {
                             state_mismatch(format!(
                                 "it holds a parameter of shape {:?} where this step's has shape {:?}",
-                                parked.shape, entry.shape
+                                parked.shape, entry.input.shape
                             ));
                         }
                         let state = parked.state;
                         if let Some(what) =
-                            state.factors_mismatch(&layout, self.variant == Variant::Kradagrad)
+                            state.factors_mismatch(&layout, self.engine.algorithm.tracks_stale_dims())
                         {
                             state_mismatch(what);
                         }
@@ -735,7 +563,6 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
     where
         M: AutodiffModule<B>,
     {
-        check_learning_rate(lr);
         let mut collector = Collector::<B> {
             grads: &mut grads,
             clipping: self.grad_clipping.as_ref(),
@@ -746,230 +573,36 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         if entries.is_empty() {
             return module;
         }
-        for entry in &entries {
-            check_float_type(entry.param.dtype(), &entry.shape);
-        }
-        let device = entries[0].grad.device();
-        if let Some(other) = entries.iter().find(|e| e.grad.device() != device) {
+        let device = entries[0].input.grad.device();
+        if let Some(other) = entries.iter().find(|e| e.input.grad.device() != device) {
             panic!(
                 "kradagrad-burn: BatchedOptimizer needs every parameter on one device; the parameter of \
                  shape {:?} is on {:?}, the first on {:?}. Use `init()` (one state per parameter) for \
                  models spread over devices.",
-                other.shape,
-                other.grad.device(),
+                other.input.shape,
+                other.input.grad.device(),
                 device
             );
         }
-        let (old, plan) = self.state_for(&entries);
-        let (state, updated) = self.run(lr, &entries, old, &plan);
-        self.state = Some(state);
-        self.plan = Some(plan);
+        let (mut state, stacking) = self.state_for(&entries);
+        let mut set = SetState {
+            classes: std::mem::take(&mut state.classes),
+            graft: std::mem::take(&mut state.graft),
+            momentum: std::mem::take(&mut state.momentum),
+            steps: model_steps(&state),
+        };
+        let (ids, inputs): (Vec<ParamId>, Vec<_>) = entries.into_iter().map(|e| (e.id, e.input)).unzip();
+        let updated = self.engine.step(lr, &inputs, &stacking, &mut set);
+        state.classes = set.classes;
+        state.graft = set.graft;
+        state.momentum = set.momentum;
+        state.steps = Some(set.steps);
         let mut writer = Writer::<B> {
-            updated: entries.iter().map(|e| e.id).zip(updated).collect(),
+            updated: ids.into_iter().zip(updated).collect(),
         };
+        self.state = Some(state);
+        self.stacking = Some(stacking);
         module.map(&mut writer)
-    }
-
-    /// One step of every parameter: returns the new state and the new
-    /// (flattened) parameters in `entries`' order.
-    fn run(
-        &self,
-        lr: f64,
-        entries: &[Entry<B::InnerBackend>],
-        old: BatchedState<B::InnerBackend>,
-        plan: &Plan,
-    ) -> (BatchedState<B::InnerBackend>, Vec<Tensor<B::InnerBackend, 1>>) {
-        let options = &self.options;
-        if options.non_finite_gradients == NonFiniteGradients::Panic {
-            for entry in entries {
-                guard::panic_if_set(guard::unusable_gradient(&entry.grad), &entry.shape);
-            }
-        }
-        // Under `Skip`, one flag for the model, summed from the stacked blocks
-        // below and the unblocked (rank 0) gradients: a reduction per stack
-        // rather than per parameter.
-        let skip = options.non_finite_gradients == NonFiniteGradients::Skip;
-        let mut probes: Vec<Tensor<B::InnerBackend, 1>> = vec![];
-        if skip {
-            for (entry, layout) in entries.iter().zip(&plan.layouts) {
-                if layout.rank() == 0 {
-                    probes.push(guard::squared_norm_probe(entry.grad.clone()));
-                }
-            }
-        }
-        let mut new = old.clone();
-
-        // Per parameter: this step counted from 1 (its class's, or the
-        // model's for a parameter of merged rank 0), and under
-        // `MomentumForm::FirstMoment` the new buffer and the filtered gradient.
-        let steps = parameter_steps(&old, plan);
-        new.steps = Some(model_steps(&old) + 1);
-        let first_moments: Vec<_> = entries
-            .iter()
-            .enumerate()
-            .map(|(p, e)| {
-                filters_gradient(options)
-                    .then(|| first_moment(options.momentum, new.momentum[p].clone(), &e.grad, steps[p]))
-            })
-            .collect();
-        // Blocks of every parameter, region by region (of the filtered
-        // gradient too, for the direction).
-        let split = |t: &Tensor<B::InnerBackend, 1>, layout: &BlockLayout| -> Regions<B::InnerBackend> {
-            match layout.rank() {
-                0 => vec![],
-                _ => layout.split(t.clone()).into_iter().map(Some).collect(),
-            }
-        };
-        let mut blocks: Vec<Regions<B::InnerBackend>> = entries
-            .iter()
-            .zip(&plan.layouts)
-            .map(|(e, layout)| split(&e.grad, layout))
-            .collect();
-        let mut filtered_blocks: Option<Vec<Regions<B::InnerBackend>>> =
-            filters_gradient(options).then(|| {
-                first_moments
-                    .iter()
-                    .zip(&plan.layouts)
-                    .map(|(fm, layout)| split(&fm.as_ref().expect("filtered").1, layout))
-                    .collect()
-            });
-        // Phase one, class by class: the statistics (see `engine::StepPlan`).
-        let mut touched_by_class = vec![];
-        let mut plans = vec![];
-        for (class, class_state) in plan.classes.iter().zip(new.classes.iter_mut()) {
-            let stack_class = |blocks: &mut Vec<Regions<B::InnerBackend>>| -> Vec<_> {
-                class
-                    .groups
-                    .iter()
-                    .map(|group| {
-                        stack(
-                            group
-                                .members
-                                .iter()
-                                .map(|m| {
-                                    blocks[m.param][m.region]
-                                        .take()
-                                        .expect("each region stacked once")
-                                })
-                                .collect(),
-                        )
-                    })
-                    .collect()
-            };
-            let stacked = stack_class(&mut blocks);
-            let filtered = filtered_blocks.as_mut().map(stack_class);
-            if skip {
-                probes.extend(stacked.iter().map(|b| guard::squared_norm_probe(b.clone())));
-            }
-            let block_dims: Vec<&[usize]> = class.groups.iter().map(|g| g.block_dims.as_slice()).collect();
-            let mut touched = Touched::none(class.dims.len());
-            let factors = Factors {
-                step: &mut class_state.step,
-                groups: &mut class_state.groups,
-                stale_dims: &mut class_state.stale_dims,
-            };
-            let step = update_statistics(
-                options,
-                self.variant,
-                &class.dims,
-                &block_dims,
-                factors,
-                &stacked,
-                &mut touched,
-            );
-            touched_by_class.push(touched);
-            plans.push((step, stacked, filtered));
-        }
-        // Phase two: every root due in the model, with the Newton stages that
-        // classes share for one matrix size run once. The roots are taken of
-        // the statistics the step keeps: under a skipped step the statistics
-        // go back first, so that the roots due (those KrADagrad has pending
-        // too) are refreshed from them, not rolled back with the step.
-        let refreshing = plans.iter().any(|(step, ..)| step.refresh.is_some());
-        let mut rollback = None;
-        if skip && refreshing {
-            let probes = std::mem::take(&mut probes);
-            rollback = Some(keep_statistics(probes, &mut new, &old, &mut touched_by_class));
-        }
-        let requests: Vec<_> = new
-            .classes
-            .iter_mut()
-            .zip(&plans)
-            .filter_map(|(class, (step, ..))| step.refresh.as_ref().map(|r| (&mut class.groups[..], r)))
-            .collect();
-        if !requests.is_empty() {
-            refresh_roots(requests, options);
-        }
-        // Phase three: the preconditioned blocks, back to their parameters
-        // (same indexing as `blocks`; `None` for a class whose direction is
-        // the gradient).
-        let mut out: Vec<Option<FlatRegions<B::InnerBackend>>> = vec![None; entries.len()];
-        for ((class, class_state), (step, stacked, filtered)) in
-            plan.classes.iter().zip(&new.classes).zip(plans)
-        {
-            let block_dims: Vec<&[usize]> = class.groups.iter().map(|g| g.block_dims.as_slice()).collect();
-            let Some(result) = precondition(step, &class_state.groups, &block_dims, stacked, filtered) else {
-                continue;
-            };
-            for (group, preconditioned) in class.groups.iter().zip(result) {
-                let counts: Vec<_> = group.members.iter().map(|m| m.blocks).collect();
-                let width = group.block_dims.iter().product();
-                for (m, part) in group
-                    .members
-                    .iter()
-                    .zip(unstack_flat(preconditioned, width, &counts))
-                {
-                    let slot =
-                        out[m.param].get_or_insert_with(|| vec![None; plan.layouts[m.param].regions.len()]);
-                    slot[m.region] = Some(part);
-                }
-            }
-        }
-
-        // One verdict for the model (the parameters share factor tensors),
-        // known before the per-parameter work so that each parameter's
-        // rollback fuses with the update that produced it.
-        if skip && rollback.is_none() {
-            rollback = Some(keep_statistics(probes, &mut new, &old, &mut touched_by_class));
-        }
-
-        // Every parameter's direction assembled first, then per parameter:
-        // graft, weight decay, momentum, update. (Issued in this order, the
-        // assembly's reshapes, which Burn's fusion cannot fuse when they lower
-        // the rank, run before the updates instead of inside them.)
-        let directions: Vec<_> = entries
-            .iter()
-            .enumerate()
-            .map(|(p, entry)| {
-                out[p].take().map(|regions| {
-                    plan.layouts[p].assemble(
-                        regions
-                            .into_iter()
-                            .map(|r| r.expect("every region preconditioned"))
-                            .collect(),
-                        entry.param.dims(),
-                    )
-                })
-            })
-            .collect();
-        let mut params = Vec::with_capacity(entries.len());
-        let tails = entries.iter().zip(directions).zip(first_moments).zip(steps);
-        for (p, (((entry, direction), first_moment), step)) in tails.enumerate() {
-            let inputs = TailInputs {
-                tensor: entry.param.clone(),
-                grad: entry.grad.clone(),
-                direction,
-                graft: new.graft[p].take(),
-                momentum: new.momentum[p].take(),
-                first_moment,
-                step,
-            };
-            let (param, graft, momentum) = finish_flat(options, lr, &entry.shape, inputs, rollback.as_ref());
-            new.graft[p] = graft;
-            new.momentum[p] = momentum;
-            params.push(param);
-        }
-        (new, params)
     }
 }
 
@@ -979,35 +612,6 @@ fn model_steps<B: Backend>(state: &BatchedState<B>) -> usize {
     state
         .steps
         .unwrap_or_else(|| state.classes.iter().map(|c| c.step).max().unwrap_or(0))
-}
-
-/// Per parameter of `plan`, the step about to be taken, counted from 1: its
-/// class's, or the model's for a parameter of merged rank 0.
-fn parameter_steps<B: Backend>(state: &BatchedState<B>, plan: &Plan) -> Vec<usize> {
-    let mut steps = vec![model_steps(state) + 1; plan.layouts.len()];
-    for (class, class_state) in plan.classes.iter().zip(&state.classes) {
-        for member in class.groups.iter().flat_map(|g| &g.members) {
-            steps[member.param] = class_state.step + 1;
-        }
-    }
-    steps
-}
-
-/// The model's verdict from `probes`, and the non-finite guard on every
-/// class's statistics under it (see [`keep_statistics_if`]); what it rolled
-/// back is no longer `touched`.
-fn keep_statistics<B: Backend>(
-    probes: Vec<Tensor<B, 1>>,
-    new: &mut BatchedState<B>,
-    old: &BatchedState<B>,
-    touched_by_class: &mut [Touched],
-) -> guard::Rollback<B> {
-    let rollback = guard::Rollback::from_probes(probes);
-    for ((class, old_class), touched) in new.classes.iter_mut().zip(&old.classes).zip(touched_by_class) {
-        keep_statistics_if(&rollback, &mut class.groups, &old_class.groups, touched);
-        *touched = Touched::none(touched.statistics.len());
-    }
-    rollback
 }
 
 /// Panics: a [`BatchedState`] does not fit the model's parameters (`what`
@@ -1020,22 +624,22 @@ fn state_mismatch(what: String) -> ! {
 }
 
 /// Panics with a clear message when `state` (e.g. from a checkpoint) does not
-/// have the stacked shapes `plan` expects.
-fn check_state<B: Backend>(state: &BatchedState<B>, plan: &Plan, variant: Variant) {
-    if state.classes.len() != plan.classes.len() {
+/// have the stacked shapes `stacking` expects.
+fn check_state<B: Backend>(state: &BatchedState<B>, stacking: &Stacking, stale_dims: bool) {
+    if state.classes.len() != stacking.classes.len() {
         state_mismatch(format!(
             "{} classes stored, {} expected",
             state.classes.len(),
-            plan.classes.len()
+            stacking.classes.len()
         ));
     }
-    for (class, class_plan) in state.classes.iter().zip(&plan.classes) {
+    for (class, class_plan) in state.classes.iter().zip(&stacking.classes) {
         let expected: Vec<_> = class_plan
             .groups
             .iter()
             .map(|group| (group.num_blocks(), group.block_dims.as_slice()))
             .collect();
-        let stale_rank = (variant == Variant::Kradagrad).then_some(class_plan.dims.len());
+        let stale_rank = stale_dims.then_some(class_plan.dims.len());
         if let Some(what) = factors_mismatch(&class.groups, &class.stale_dims, &expected, stale_rank) {
             state_mismatch(what);
         }
@@ -1090,7 +694,7 @@ where
             self.state = Some(record.map_tensors(|t| t.inner(), |t| t.inner()));
             self.loaded = true;
         }
-        self.plan = None;
+        self.stacking = None;
         self
     }
 }

@@ -1,370 +1,502 @@
-//! The step shared by the three optimizers: precondition (per optimizer),
-//! then graft, weight decay and momentum (ALGORITHM.md sections 3 to 6), with
-//! the guard against non-finite gradients around it all.
+//! The one optimizer step, on a set of parameters whose factors are stacked
+//! by block shape (see [`Stacking`]). Both front ends run it: the
+//! per-parameter optimizer on a set of one, the whole-model one on every
+//! parameter with a gradient.
+//!
+//! A step reads top to bottom in stages: checks, the first moment, the
+//! blocks, each class's statistics update, the roots due, the directions,
+//! the non-finite guard's verdict, and each parameter's update.
 
 use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 
-use std::collections::BTreeMap;
-
-use super::{kradagrad, kradagrad_star, shampoo, FactorGroup, PreconditionerState, StateOrigin};
+use super::algorithm::Algorithm;
+use super::preconditioner::{precondition, refresh_roots, ClassFactors, StatisticsUpdate};
+use super::stacking::Stacking;
+use super::{ClassState, FactorGroup, PreconditionerState};
 use crate::config::{NonFiniteGradients, Options};
-use crate::guard;
-use crate::layout::{
-    flatten, mode_gram, mode_product, mode_product_as, reshape, stack, tail_rows, unstack, BlockLayout,
-};
-use crate::roots::{matrix_roots, RootSpec};
-use crate::transforms::{
-    accumulate_graft, add_momentum, decay_momentum, first_moment, graft, MomentumForm, WeightDecayStyle,
-};
+use crate::guard::{self, Rollback};
+use crate::layout::{flatten, reshape, stack, tail_rows, unstack_flat, BlockLayout};
+use crate::transforms::{first_moment, update_parameter, UpdateInputs, UpdateOutputs};
 
-/// Which optimizer a step runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Variant {
-    /// Section 3.
-    KradagradStar,
-    /// Section 4.
-    Kradagrad,
-    /// Section 5.
-    Shampoo,
-}
-
-impl Variant {
-    /// Whether the step taken after `step` steps updates the statistics: the
-    /// one schedule that phase one follows and that the step reads ahead to
-    /// place the guard's probe (KrADagrad counts from 0, the others from 1).
-    pub(crate) fn statistics_due(self, step: usize, options: &Options) -> bool {
-        let tau = match self {
-            Variant::Kradagrad => step,
-            _ => step + 1,
-        };
-        tau.is_multiple_of(options.statistics_compute_steps)
-    }
-
-    /// The optimizer's type name, as states record it.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Variant::KradagradStar => "KradagradStar",
-            Variant::Kradagrad => "Kradagrad",
-            Variant::Shampoo => "Shampoo",
-        }
-    }
-
-    /// What a state written by this optimizer under `options` records of
-    /// its origin.
-    pub(crate) fn origin(self, options: &Options) -> StateOrigin {
-        StateOrigin {
-            optimizer: self.name().to_string(),
-            block_size: options.block_size,
-            merge_dims: options.merge_dims,
-        }
-    }
-
-    /// Scale of the initial statistic (`scale * I`).
-    pub(crate) fn initial_scale(self, options: &Options) -> f64 {
-        match self {
-            Variant::KradagradStar => 1.0 / options.matrix_eps,
-            Variant::Kradagrad => 1.0,
-            Variant::Shampoo => options.matrix_eps,
-        }
-    }
-}
-
-/// Which statistics a step wrote, per merged dim (the same dims in every
-/// group), so that the non-finite guard masks only those: an untouched
-/// statistic is the old tensor itself, and masking it would be a wasted pass
-/// over `[blocks, d, d]`. Roots are never masked: they are taken of the
-/// statistics the step keeps (see [`keep_statistics_if`]).
+/// An optimizer's settings and algorithm: what a step needs besides the
+/// tensors.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Touched {
-    /// `statistics[i]`: the statistics of dim `i` were updated.
-    pub statistics: Vec<bool>,
+pub(crate) struct Engine {
+    /// The settings, from the config.
+    pub options: Options,
+    /// Which optimizer runs.
+    pub algorithm: Algorithm,
 }
 
-impl Touched {
-    pub(crate) fn none(rank: usize) -> Self {
-        Self {
-            statistics: vec![false; rank],
-        }
-    }
+/// One parameter of the set a step updates, its tensors in the view its
+/// update runs on (flat, or the [`tail_rows`] view).
+pub(crate) struct ParamInput<B: Backend, const T: usize> {
+    /// The parameter's own shape.
+    pub shape: Vec<usize>,
+    /// The parameter.
+    pub param: Tensor<B, T>,
+    /// Its gradient.
+    pub grad: Tensor<B, T>,
 }
 
-/// Mutable access to the factors of one preconditioner: a parameter's own
-/// (one [`FactorGroup`] per region of its layout) or, in
-/// [`BatchedOptimizer`](super::BatchedOptimizer), the stacked factors of every
-/// parameter of one schedule class (one group per distinct block shape).
-pub(crate) struct Factors<'a, B: Backend> {
-    /// The step counter (see [`PreconditionerState::step`]).
-    pub step: &'a mut usize,
-    /// One factor group per batch of equally shaped blocks.
-    pub groups: &'a mut [FactorGroup<B>],
-    /// KrADagrad's stale-dim flags (empty for the other optimizers).
-    pub stale_dims: &'a mut Vec<bool>,
+/// What a step reads and writes besides the parameters: the factors of each
+/// class of the set's [`Stacking`] and each parameter's buffers, in the
+/// parameters' view.
+#[derive(Clone)]
+pub(crate) struct SetState<B: Backend, const T: usize> {
+    /// The stacked factors, one entry per class.
+    pub classes: Vec<ClassState<B>>,
+    /// Per parameter: the graft accumulator, if the grafting has one.
+    pub graft: Vec<Option<Tensor<B, T>>>,
+    /// Per parameter: the momentum buffer, if momentum is on.
+    pub momentum: Vec<Option<Tensor<B, T>>>,
+    /// Steps the set has taken: the step counter of its parameters of
+    /// merged rank 0, which belong to no class.
+    pub steps: usize,
 }
 
-/// A preconditioner's step runs in three phases, so that a whole-model
-/// front end can merge the root computations of all its preconditioners:
-/// [`update_statistics`] (the statistics and the step counter), then
-/// [`refresh_roots`] with the roots due, then [`precondition`] for the
-/// direction. This is what the first phase leaves for the other two.
-pub(crate) struct StepPlan<B: Backend> {
-    /// The roots due this step, if any.
-    pub refresh: Option<RootRefresh>,
-    direction: Direction<B>,
-}
-
-/// The roots a step recomputes: those of the selected dims, in every group.
-#[derive(Debug, Clone)]
-pub(crate) struct RootRefresh {
-    /// `dims[i]`: the roots of dim `i` are due.
-    pub dims: Vec<bool>,
-    /// The root of the statistics that gives them.
-    pub spec: RootSpec,
-}
-
-/// How a step forms its direction from the blocks and the (refreshed) roots.
-enum Direction<B: Backend> {
-    /// The raw gradient (rank 0, or before `start_preconditioning_step`).
-    Gradient,
-    /// Every mode of every block multiplied by its root.
-    Full,
-    /// KrADagrad's statistics step: the blocks with every mode but `dim`
-    /// preconditioned (computed with the roots before the refresh), and,
-    /// once preconditioning has started, mode `dim` multiplied last.
-    Partial {
-        dim: usize,
-        blocks: Vec<Tensor<B, 2>>,
-        finish: bool,
-    },
-}
-
-/// Phase one of a step (sections 3 to 5): advances the step counter and
-/// updates the statistics when due. `blocks[g]` is the `[blocks,
-/// block_numel]` batch of `factors.groups[g]`, of block shape
-/// `block_dims[g]`; `dims` are the merged dims KrADagrad's schedule reads
-/// (every block shares them, or at least their rank and the position of
-/// their largest entry).
-pub(crate) fn update_statistics<B: Backend>(
-    options: &Options,
-    variant: Variant,
-    dims: &[usize],
-    block_dims: &[&[usize]],
-    factors: Factors<'_, B>,
-    blocks: &[Tensor<B, 2>],
-    touched: &mut Touched,
-) -> StepPlan<B> {
-    match variant {
-        Variant::Kradagrad => {
-            kradagrad::update_statistics(options, dims, block_dims, factors, blocks, touched)
-        }
-        _ => kronecker_update(options, variant, dims.len(), block_dims, factors, blocks, touched),
-    }
-}
-
-/// Phase three of a step: the preconditioned blocks of each group, flattened
-/// (`[blocks * block_numel]`, the form both front ends assemble from), or
-/// `None` when the direction is the raw gradient.
-///
-/// `filtered` holds the blocks of the first-moment filtered gradient under
-/// [`MomentumForm::FirstMoment`]: every root due is then applied to them
-/// (KrADagrad's partially preconditioned blocks belong to the raw gradient
-/// its statistics saw, so they are not reused).
-pub(crate) fn precondition<B: Backend>(
-    plan: StepPlan<B>,
-    groups: &[FactorGroup<B>],
-    block_dims: &[&[usize]],
+/// One class's statistics update, with the blocks it read.
+struct ClassUpdate<B: Backend> {
+    update: StatisticsUpdate<B>,
     blocks: Vec<Tensor<B, 2>>,
     filtered: Option<Vec<Tensor<B, 2>>>,
-) -> Option<Vec<Tensor<B, 1>>> {
-    if let Some(filtered) = filtered {
-        return match plan.direction {
-            Direction::Gradient | Direction::Partial { finish: false, .. } => None,
-            Direction::Full | Direction::Partial { finish: true, .. } => Some(
-                filtered
-                    .into_iter()
-                    .zip(groups)
-                    .zip(block_dims)
-                    .map(|((b, group), bd)| apply_all_factors_flat(b, &group.roots, bd))
-                    .collect(),
-            ),
+}
+
+impl Engine {
+    /// A fresh state of a parameter laid out as `layout`: statistics
+    /// `scale * I`, roots `I`, no buffers, in float type `dtype`.
+    pub(crate) fn fresh_state<B: Backend, const D: usize>(
+        &self,
+        layout: &BlockLayout,
+        device: &B::Device,
+        dtype: DType,
+    ) -> PreconditionerState<B, D> {
+        PreconditionerState::new(
+            layout,
+            self.algorithm.origin(&self.options),
+            self.algorithm.initial_scale(&self.options),
+            self.algorithm.tracks_stale_dims(),
+            device,
+            dtype,
+        )
+    }
+
+    /// One step of every parameter in `params`, stacked as `stacking`:
+    /// updates `state` and returns the new parameters, in `params`' order.
+    pub(crate) fn step<B: Backend, const T: usize>(
+        &self,
+        lr: f64,
+        params: &[ParamInput<B, T>],
+        stacking: &Stacking,
+        state: &mut SetState<B, T>,
+    ) -> Vec<Tensor<B, T>> {
+        let options = &self.options;
+        check_learning_rate(lr);
+        for p in params {
+            check_float_type(p.param.dtype(), &p.shape);
+        }
+        if options.non_finite_gradients == NonFiniteGradients::Panic {
+            for p in params {
+                guard::panic_if_set(guard::unusable_gradient(&p.grad), &p.shape);
+            }
+        }
+        let old = state.clone();
+        let steps = parameter_steps(state, stacking);
+        state.steps += 1;
+        let mut guard = self.guard(params, stacking, state);
+
+        // The first moment, where it stands in for the gradient.
+        let first_moments: Vec<_> = params
+            .iter()
+            .zip(&steps)
+            .enumerate()
+            .map(|(p, (param, &step))| {
+                options
+                    .filters_gradient()
+                    .then(|| first_moment(options.momentum_factor(), state.momentum[p].clone(), &param.grad, step))
+            })
+            .collect();
+
+        // Every parameter's blocks, region by region (of the filtered gradient too).
+        let split = |t: &Tensor<B, T>, layout: &BlockLayout| -> Vec<Option<Tensor<B, 2>>> {
+            match layout.rank() {
+                0 => vec![],
+                _ => layout.split(flatten(t.clone())).into_iter().map(Some).collect(),
+            }
         };
+        let mut blocks: Vec<_> = params
+            .iter()
+            .zip(&stacking.layouts)
+            .map(|(p, layout)| split(&p.grad, layout))
+            .collect();
+        let mut filtered_blocks: Option<Vec<_>> = options.filters_gradient().then(|| {
+            first_moments
+                .iter()
+                .zip(&stacking.layouts)
+                .map(|(m, layout)| split(&m.as_ref().expect("a first moment").1, layout))
+                .collect()
+        });
+
+        // Each class's statistics update, on its blocks stacked by shape.
+        let mut updates = vec![];
+        for (c, (class, class_state)) in stacking.classes.iter().zip(state.classes.iter_mut()).enumerate() {
+            let stacked = stack_class(stacking, c, &mut blocks);
+            let filtered = filtered_blocks.as_mut().map(|b| stack_class(stacking, c, b));
+            guard.probe_batches(&stacked);
+            let factors = ClassFactors {
+                step: &mut class_state.step,
+                groups: &mut class_state.groups,
+                stale_dims: &mut class_state.stale_dims,
+            };
+            let update =
+                self.algorithm
+                    .update_statistics(options, &class.dims, &class.block_dims(), factors, &stacked);
+            updates.push(ClassUpdate {
+                update,
+                blocks: stacked,
+                filtered,
+            });
+        }
+
+        // The roots due, of the statistics the step keeps: under a skipped
+        // step the statistics go back first, so that the roots due (those
+        // KrADagrad has pending too) are refreshed from them rather than
+        // rolled back with the step and left stale.
+        if updates.iter().any(|u| u.update.refresh.is_some()) {
+            if let Some(verdict) = guard.verdict(params) {
+                keep_statistics_if(verdict, state, &old, &mut updates);
+            }
+            let requests = state
+                .classes
+                .iter_mut()
+                .zip(&updates)
+                .filter_map(|(class, u)| u.update.refresh.as_ref().map(|r| (&mut class.groups[..], r)))
+                .collect();
+            refresh_roots(requests, options);
+        }
+
+        // The directions, back in each parameter's view (`None`: the gradient).
+        let mut written = vec![];
+        let mut regions: Vec<Vec<Option<Tensor<B, 1>>>> = stacking
+            .layouts
+            .iter()
+            .map(|l| vec![None; l.regions.len()])
+            .collect();
+        for ((class, class_state), u) in stacking.classes.iter().zip(&state.classes).zip(updates) {
+            written.push(u.update.written);
+            let preconditioned = precondition(
+                u.update.direction,
+                &class_state.groups,
+                &class.block_dims(),
+                u.blocks,
+                u.filtered,
+            );
+            for (group, flat) in class.groups.iter().zip(preconditioned.into_iter().flatten()) {
+                let width = group.block_dims.iter().product();
+                for (m, part) in group.members.iter().zip(unstack_flat(flat, width, &group.counts())) {
+                    regions[m.param][m.region] = Some(part);
+                }
+            }
+        }
+        let directions: Vec<Option<Tensor<B, T>>> = params
+            .iter()
+            .zip(&stacking.layouts)
+            .zip(regions)
+            .map(|((p, layout), regions)| {
+                let regions: Option<Vec<_>> = regions.into_iter().collect();
+                regions
+                    .filter(|r| !r.is_empty())
+                    .map(|r| layout.assemble(r, p.param.dims()))
+            })
+            .collect();
+
+        // The verdict, known before the updates so that each parameter's
+        // rollback fuses with the update that produced it; its threshold is
+        // filled after the directions, where Burn's fusion ends the stream it
+        // is exploring, so that the updates start a stream of their own.
+        let verdict = guard.verdict(params).cloned();
+
+        // Each parameter's update: graft, weight decay, momentum, learning rate.
+        let tails = params.iter().zip(directions).zip(first_moments).zip(steps);
+        let mut updated = Vec::with_capacity(params.len());
+        for (p, (((param, direction), first_moment), step)) in tails.enumerate() {
+            let inputs = UpdateInputs {
+                param: param.param.clone(),
+                grad: param.grad.clone(),
+                direction,
+                graft: state.graft[p].take(),
+                momentum: state.momentum[p].take(),
+                first_moment,
+                step,
+            };
+            let out = self.update_in_tail_view(lr, &param.shape, inputs, verdict.as_ref());
+            state.graft[p] = out.graft;
+            state.momentum[p] = out.momentum;
+            updated.push(out.param);
+        }
+        if let Some(verdict) = &verdict {
+            keep_statistics_written(verdict, state, &old, &written);
+        }
+        updated
     }
-    match plan.direction {
-        Direction::Gradient => None,
-        Direction::Full => Some(
-            blocks
-                .into_iter()
-                .zip(groups)
-                .zip(block_dims)
-                .map(|((b, group), bd)| apply_all_factors_flat(b, &group.roots, bd))
-                .collect(),
-        ),
-        Direction::Partial {
-            blocks: partial,
-            finish: false,
-            ..
-        } => Some(partial.into_iter().map(flatten).collect()),
-        Direction::Partial {
-            dim,
-            blocks: partial,
-            finish: true,
-        } => Some(
-            partial
-                .into_iter()
-                .zip(groups)
-                .zip(block_dims)
-                .map(|((b, group), bd)| {
-                    let numel = b.shape().num_elements();
-                    mode_product_as(b, group.roots[dim].clone(), bd, dim, [numel])
-                })
-                .collect(),
-        ),
+
+    /// The non-finite guard of a step over `params` (see [`StepGuard`]).
+    fn guard<B: Backend, const T: usize>(
+        &self,
+        params: &[ParamInput<B, T>],
+        stacking: &Stacking,
+        state: &SetState<B, T>,
+    ) -> StepGuard<B> {
+        if self.options.non_finite_gradients != NonFiniteGradients::Skip {
+            return StepGuard::off();
+        }
+        let dtype = params.first().map_or(DType::F32, |p| p.grad.dtype());
+        // One whole-tensor reduction per probe: per parameter or per stacked
+        // batch, whichever takes fewer.
+        if params.len() <= stacking.num_batches() {
+            // A KrAD statistics update reads the whole gradient first; the
+            // probe then comes after the direction, where it is one kernel.
+            let late = stacking
+                .classes
+                .iter()
+                .zip(&state.classes)
+                .any(|(_, class)| self.algorithm.krad_update_due(class.step, &self.options));
+            return StepGuard::per_parameter(params, late, dtype);
+        }
+        let rank_0 = params
+            .iter()
+            .zip(&stacking.layouts)
+            .filter(|(_, layout)| layout.rank() == 0)
+            .map(|(p, _)| guard::squared_norm_probe(p.grad.clone()))
+            .collect();
+        StepGuard::per_batch(rank_0, dtype)
+    }
+
+    /// [`update_parameter`] under the guard's `verdict`, on the
+    /// [`tail_rows`] view of a large parameter given flat.
+    ///
+    /// Burn 0.21's fusion fuses a reduction with the element-wise work
+    /// around it only along the last axis of tensors of one shape, so on flat
+    /// tensors the update with its whole-tensor sums can be one fused kernel;
+    /// but that kernel's single reduction row runs in one GPU workgroup, so a
+    /// large parameter takes the `[rows, cols]` view instead, for a few
+    /// kernels more.
+    fn update_in_tail_view<B: Backend, const T: usize>(
+        &self,
+        lr: f64,
+        shape: &[usize],
+        inputs: UpdateInputs<B, T>,
+        verdict: Option<&Rollback<B>>,
+    ) -> UpdateOutputs<B, T> {
+        let dims = inputs.param.dims();
+        match tail_rows(shape) {
+            Some(rows) if dims[..] != rows[..] => self
+                .guarded_update(lr, inputs.map(|t| reshape(t, rows)), verdict)
+                .map(|t| reshape(t, dims)),
+            _ => self.guarded_update(lr, inputs, verdict),
+        }
+    }
+
+    /// [`update_parameter`], with every tensor it writes back to its value
+    /// before the step where `verdict` rolls the step back (a buffer this
+    /// step created falls back to zeros, what it would have started from).
+    fn guarded_update<B: Backend, const T: usize>(
+        &self,
+        lr: f64,
+        inputs: UpdateInputs<B, T>,
+        verdict: Option<&Rollback<B>>,
+    ) -> UpdateOutputs<B, T> {
+        let before = verdict.map(|_| (inputs.param.clone(), inputs.graft.clone(), inputs.momentum.clone()));
+        let out = update_parameter(&self.options, lr, inputs);
+        let Some((verdict, (param, graft, momentum))) = verdict.zip(before) else {
+            return out;
+        };
+        let keep = |new: Option<Tensor<B, T>>, old: Option<Tensor<B, T>>| {
+            new.map(|n| {
+                let o = old.unwrap_or_else(|| n.zeros_like());
+                verdict.apply(n, o)
+            })
+        };
+        UpdateOutputs {
+            param: verdict.apply(out.param, param),
+            graft: keep(out.graft, graft),
+            momentum: keep(out.momentum, momentum),
+        }
     }
 }
 
-/// One optimizer step for one parameter.
-pub(crate) fn step<B: Backend, const D: usize>(
-    options: &Options,
-    variant: Variant,
-    lr: f64,
-    tensor: Tensor<B, D>,
-    grad: Tensor<B, D>,
-    state: Option<PreconditionerState<B, D>>,
-) -> (Tensor<B, D>, Option<PreconditionerState<B, D>>) {
-    check_learning_rate(lr);
-    let shape = tensor.dims().to_vec();
-    check_float_type(tensor.dtype(), &shape);
-    let layout = BlockLayout::new(&shape, options.block_size, options.merge_dims);
-    if options.non_finite_gradients == NonFiniteGradients::Panic {
-        guard::panic_if_set(guard::unusable_gradient(&grad), &shape);
-    }
-    let stale = variant == Variant::Kradagrad;
-    let origin = variant.origin(options);
-    let old = match state {
-        Some(state) => {
-            state.check_fits(&layout, &origin, stale);
-            state.in_float_type(tensor.dtype())
-        }
-        None => PreconditionerState::new(
-            &layout,
-            origin,
-            variant.initial_scale(options),
-            stale,
-            &tensor.device(),
-            tensor.dtype(),
-        ),
-    };
+/// The blocks of class `c` of `stacking`, one stacked batch per block shape,
+/// taken out of `blocks` (per parameter, per region).
+fn stack_class<B: Backend>(
+    stacking: &Stacking,
+    c: usize,
+    blocks: &mut [Vec<Option<Tensor<B, 2>>>],
+) -> Vec<Tensor<B, 2>> {
+    stacking.classes[c]
+        .groups
+        .iter()
+        .map(|group| {
+            stack(
+                group
+                    .members
+                    .iter()
+                    .map(|m| blocks[m.param][m.region].take().expect("each region stacked once"))
+                    .collect(),
+            )
+        })
+        .collect()
+}
 
-    // The step's tail runs on the tensors flattened, or on a `[rows, cols]`
-    // view for a large parameter (see `finish`); the buffers keep the
-    // parameter's shape in the state.
-    match tail_rows(&shape) {
-        None => step_in(options, variant, lr, tensor, grad, &layout, old, [layout.numel()]),
-        Some(rows) => step_in(options, variant, lr, tensor, grad, &layout, old, rows),
+/// Per parameter of `stacking`, the step about to be taken, counted from 1:
+/// its class's, or the set's for a parameter of merged rank 0.
+fn parameter_steps<B: Backend, const T: usize>(state: &SetState<B, T>, stacking: &Stacking) -> Vec<usize> {
+    let mut steps = vec![state.steps + 1; stacking.layouts.len()];
+    for (class, class_state) in stacking.classes.iter().zip(&state.classes) {
+        for member in class.groups.iter().flat_map(|g| &g.members) {
+            steps[member.param] = class_state.step + 1;
+        }
+    }
+    steps
+}
+
+/// The guard on the statistics of a step with roots due: every statistic
+/// the step wrote goes back under `verdict`, before the roots are taken of
+/// them (the roots then need no rollback of their own); what it rolled back
+/// is no longer written.
+fn keep_statistics_if<B: Backend, const T: usize>(
+    verdict: &Rollback<B>,
+    state: &mut SetState<B, T>,
+    old: &SetState<B, T>,
+    updates: &mut [ClassUpdate<B>],
+) {
+    let written: Vec<_> = updates.iter_mut().map(|u| std::mem::take(&mut u.update.written)).collect();
+    keep_statistics_written(verdict, state, old, &written);
+    for (u, w) in updates.iter_mut().zip(written) {
+        u.update.written = vec![false; w.len()];
     }
 }
 
-/// The rest of [`step`], with the step's tail on `tail` (see [`finish`]).
-#[allow(clippy::too_many_arguments)] // `step`'s inputs, each used once.
-fn step_in<B: Backend, const D: usize, const T: usize>(
-    options: &Options,
-    variant: Variant,
-    lr: f64,
-    tensor: Tensor<B, D>,
-    grad: Tensor<B, D>,
-    layout: &BlockLayout,
-    old: PreconditionerState<B, D>,
-    tail: [usize; T],
-) -> (Tensor<B, D>, Option<PreconditionerState<B, D>>) {
-    let mut new = old.clone();
-    let mut touched = Touched::none(layout.rank());
-    let dims = tensor.dims();
-    let grad = reshape(grad, tail);
-    // The guard's probe and its comparison first, before the split reads the
-    // gradient: issued later, they hang off the split's un-fusable slices and
-    // run one operation per kernel (docs/performance.md, "Fewer kernels,
-    // round five"). Except when a KrAD update of the statistics is due
-    // (KrADagrad*, KrADagrad): the update runs the gradient before the probe
-    // would (KrADagrad*'s ends the stream, see `krad_star_step`), so issued
-    // after the direction the probe is one kernel, and the threshold's fill
-    // that reads it ends the stream before the tail; for Shampoo it cost
-    // kernels (round six).
-    let skip = options.non_finite_gradients == NonFiniteGradients::Skip;
-    let probe_after_statistics =
-        variant != Variant::Shampoo && layout.rank() > 0 && variant.statistics_due(new.step, options);
-    let probe = |grad: &Tensor<B, T>| guard::probe_is_finite(guard::squared_norm_probe(grad.clone()));
-    // The verdict's threshold, from the probe compared earlier or compared now.
-    let verdict_of = |kept: Option<Tensor<B, 1, Bool>>| {
-        guard::Rollback::unless(kept.unwrap_or_else(|| probe(&grad)), grad.dtype())
-    };
-    let mut kept = (skip && !probe_after_statistics).then(|| probe(&grad));
-    let tensor = reshape(tensor, tail);
-    let graft_buffer = new.graft.take().map(|t| reshape(t, tail));
-    let momentum_buffer = new.momentum.take().map(|t| reshape(t, tail));
-    let step = new.step + 1;
-    let first_moment = filters_gradient(options)
-        .then(|| first_moment(options.momentum, momentum_buffer.clone(), &grad, step));
-    let split = |t: &Tensor<B, T>| match layout.rank() {
-        0 => vec![],
-        _ => layout.split(flatten(t.clone())),
-    };
-    let blocks = split(&grad);
-    let filtered_blocks = first_moment.as_ref().map(|(_, filtered)| split(filtered));
-    let block_dims: Vec<&[usize]> = layout.regions.iter().map(|r| r.block_dims.as_slice()).collect();
-    let factors = Factors {
-        step: &mut new.step,
-        groups: &mut new.groups,
-        stale_dims: &mut new.stale_dims,
-    };
-    let plan = update_statistics(
-        options,
-        variant,
-        &layout.dims,
-        &block_dims,
-        factors,
-        &blocks,
-        &mut touched,
-    );
-    let mut rollback = None;
-    if let Some(refresh) = &plan.refresh {
-        if skip {
-            // The roots are taken of the statistics the step keeps: a skipped
-            // step's statistics go back first, so that the roots due (those
-            // KrADagrad has pending too) are refreshed from them rather than
-            // rolled back with the step and left stale.
-            let verdict = verdict_of(kept.take());
-            keep_statistics_if(&verdict, &mut new.groups, &old.groups, &touched);
-            touched = Touched::none(layout.rank());
-            rollback = Some(verdict);
+/// Every statistic `written` marks (per class, per dim) goes back to its old
+/// value under `verdict`. An unwritten statistic is the old tensor itself:
+/// masking it would be a wasted pass over `[blocks, d, d]`.
+fn keep_statistics_written<B: Backend, const T: usize>(
+    verdict: &Rollback<B>,
+    state: &mut SetState<B, T>,
+    old: &SetState<B, T>,
+    written: &[Vec<bool>],
+) {
+    for ((class, old_class), written) in state.classes.iter_mut().zip(&old.classes).zip(written) {
+        for (group, old_group) in class.groups.iter_mut().zip(&old_class.groups) {
+            keep_group_statistics(verdict, group, old_group, written);
         }
-        refresh_roots(vec![(&mut new.groups[..], refresh)], options);
     }
-    let direction = precondition(plan, &new.groups, &block_dims, blocks, filtered_blocks)
-        .map(|out| layout.assemble(out, tail));
-    // Off refresh steps the verdict's threshold is filled after the
-    // direction: its masked fill of a fresh constant is where Burn's fusion
-    // ends the stream it is exploring, so that the tail starts a stream of
-    // its own and fuses (the work before it hangs off the un-fusable
-    // reshapes and slices of the split; docs/performance.md, "Fewer kernels,
-    // round four").
-    if skip && rollback.is_none() {
-        rollback = Some(verdict_of(kept));
+}
+
+fn keep_group_statistics<B: Backend>(
+    verdict: &Rollback<B>,
+    group: &mut FactorGroup<B>,
+    old: &FactorGroup<B>,
+    written: &[bool],
+) {
+    for ((s, o), &w) in group.statistics.iter_mut().zip(&old.statistics).zip(written) {
+        if w {
+            *s = verdict.apply(s.clone(), o.clone());
+        }
     }
-    let inputs = TailInputs {
-        tensor,
-        grad,
-        direction,
-        graft: graft_buffer,
-        momentum: momentum_buffer,
-        first_moment,
-        step,
-    };
-    let (param, graft, momentum) = finish(options, lr, inputs, rollback.as_ref());
-    if let Some(rollback) = &rollback {
-        keep_statistics_if(rollback, &mut new.groups, &old.groups, &touched);
+}
+
+/// The non-finite guard of one step under [`NonFiniteGradients::Skip`]: the
+/// squared-norm probes of the gradients (see
+/// [`squared_norm_probe`](guard::squared_norm_probe)), summed into one
+/// verdict for the whole set (its parameters may share factor tensors).
+struct StepGuard<B: Backend> {
+    probes: Probes<B>,
+    dtype: DType,
+    verdict: Option<Rollback<B>>,
+}
+
+/// Where a step's probes stand.
+enum Probes<B: Backend> {
+    /// No guard (`NonFiniteGradients::Panic` checked the gradients already).
+    Off,
+    /// The whole gradients, probed at the verdict.
+    WholeGradientsLater,
+    /// The whole gradients, probed and compared before anything read them.
+    Compared(Tensor<B, 1, Bool>),
+    /// Per stacked batch (and per unstacked gradient), summed at the verdict.
+    Batches(Vec<Tensor<B, 1>>),
+}
+
+impl<B: Backend> StepGuard<B> {
+    fn off() -> Self {
+        Self {
+            probes: Probes::Off,
+            dtype: DType::F32,
+            verdict: None,
+        }
     }
-    new.graft = graft.map(|t| reshape(t, dims));
-    new.momentum = momentum.map(|t| reshape(t, dims));
-    (reshape(param, dims), Some(new))
+
+    /// Probes the whole gradients: now, so that the probes and their
+    /// comparison are issued before the blocks are cut (issued after, they
+    /// hang off the cuts' slices, which Burn's fusion cannot fuse, and run
+    /// one operation per kernel), or at the verdict when `late`.
+    fn per_parameter<const T: usize>(params: &[ParamInput<B, T>], late: bool, dtype: DType) -> Self {
+        let probes = match late {
+            true => Probes::WholeGradientsLater,
+            false => Probes::Compared(compare_probes(whole_gradient_probes(params))),
+        };
+        Self {
+            probes,
+            dtype,
+            verdict: None,
+        }
+    }
+
+    /// Probes per stacked batch, starting from `unstacked` (the probes of
+    /// gradients in no batch).
+    fn per_batch(unstacked: Vec<Tensor<B, 1>>, dtype: DType) -> Self {
+        Self {
+            probes: Probes::Batches(unstacked),
+            dtype,
+            verdict: None,
+        }
+    }
+
+    /// Adds the probes of a class's stacked batches, when probing per batch.
+    fn probe_batches(&mut self, batches: &[Tensor<B, 2>]) {
+        if let Probes::Batches(probes) = &mut self.probes {
+            probes.extend(batches.iter().map(|b| guard::squared_norm_probe(b.clone())));
+        }
+    }
+
+    /// The verdict of the step, formed at the first call (`None` without a
+    /// guard).
+    fn verdict<const T: usize>(&mut self, params: &[ParamInput<B, T>]) -> Option<&Rollback<B>> {
+        if self.verdict.is_none() {
+            let kept = match std::mem::replace(&mut self.probes, Probes::Off) {
+                Probes::Off => return None,
+                Probes::WholeGradientsLater => compare_probes(whole_gradient_probes(params)),
+                Probes::Compared(kept) => kept,
+                Probes::Batches(probes) => compare_probes(probes),
+            };
+            self.verdict = Some(Rollback::unless(kept, self.dtype));
+        }
+        self.verdict.as_ref()
+    }
+}
+
+fn whole_gradient_probes<B: Backend, const T: usize>(params: &[ParamInput<B, T>]) -> Vec<Tensor<B, 1>> {
+    params
+        .iter()
+        .map(|p| guard::squared_norm_probe(p.grad.clone()))
+        .collect()
+}
+
+/// Whether the probes, summed, are finite.
+fn compare_probes<B: Backend>(probes: Vec<Tensor<B, 1>>) -> Tensor<B, 1, Bool> {
+    let mut probes = probes.into_iter();
+    let first = probes.next().expect("at least one probe");
+    guard::probe_is_finite(probes.fold(first, |sum, p| sum + p))
 }
 
 /// Panics, naming the dtype and the rule, unless a parameter of shape
@@ -399,339 +531,4 @@ pub(crate) fn check_learning_rate(lr: f64) {
         lr.is_finite() && lr >= 0.0,
         "kradagrad-burn: the learning rate must be finite and non-negative, got {lr}"
     );
-}
-
-/// Whether the step filters the gradient with Adam's first moment
-/// ([`MomentumForm::FirstMoment`] with a non-zero `momentum`).
-pub(crate) fn filters_gradient(options: &Options) -> bool {
-    options.momentum_form == MomentumForm::FirstMoment && options.momentum > 0.0
-}
-
-/// What the step's tail ([`finish`]) works on, all in the tail's shape.
-pub(crate) struct TailInputs<B: Backend, const T: usize> {
-    /// The parameter.
-    pub tensor: Tensor<B, T>,
-    /// The raw gradient.
-    pub grad: Tensor<B, T>,
-    /// The preconditioned direction; `None` where nothing was preconditioned.
-    pub direction: Option<Tensor<B, T>>,
-    /// The graft accumulator before the step.
-    pub graft: Option<Tensor<B, T>>,
-    /// The momentum buffer before the step.
-    pub momentum: Option<Tensor<B, T>>,
-    /// Under [`filters_gradient`]: the momentum buffer after the step and the
-    /// bias-corrected first moment that stands in for the gradient.
-    pub first_moment: Option<(Tensor<B, T>, Tensor<B, T>)>,
-    /// This step, counted from 1 (the bias corrections' `t`).
-    pub step: usize,
-}
-
-impl<B: Backend, const T: usize> TailInputs<B, T> {
-    /// The same inputs with every tensor passed through `f` (a reshape).
-    fn map<const U: usize>(self, f: impl Fn(Tensor<B, T>) -> Tensor<B, U>) -> TailInputs<B, U> {
-        TailInputs {
-            tensor: f(self.tensor),
-            grad: f(self.grad),
-            direction: self.direction.map(&f),
-            graft: self.graft.map(&f),
-            momentum: self.momentum.map(&f),
-            first_moment: self.first_moment.map(|(m, filtered)| (f(m), f(filtered))),
-            step: self.step,
-        }
-    }
-}
-
-/// What every optimizer does after preconditioning (sections 3 and 6): graft
-/// the direction, add weight decay, apply momentum and take the step. Returns
-/// the new parameter and the new graft and momentum buffers; under `rollback`
-/// (the non-finite guard) each goes back to its value before the step where
-/// the flag is set.
-///
-/// Both front ends run it on flattened tensors, or, for a tensor of at least
-/// [`TAIL_ROWS_MIN_ENTRIES`](crate::layout::TAIL_ROWS_MIN_ENTRIES) entries, on
-/// its `[rows, cols]` view ([`tail_rows`]; see [`finish_flat`]). Flat: Burn 0.21's
-/// fusion fuses a reduction with the element-wise work around it only along
-/// the last axis of tensors of one shape, so at a weight's own shape the
-/// whole-tensor sums of the grafting take one reduction per axis, each a
-/// kernel of its own, where on flat tensors the tail can be one fused kernel
-/// (docs/performance.md, "Fewer kernels, round four"). But that kernel has
-/// one reduction row, which a CubeCL backend runs in one workgroup: on an H200
-/// it cost about 0.4 ns per entry, so large tensors take the few kernels more
-/// of the `[rows, cols]` view ("One workgroup per whole-tensor sum"). Not
-/// `[1, numel]` rows: under `CUBECL_AUTOTUNE_LEVEL=minimal` a cached fused
-/// reduction of Burn 0.21 on rows panics at launch and leaves the fusion
-/// queue undrained (docs/performance.md, "Why the rows version failed under
-/// minimal autotune").
-pub(crate) fn finish<B: Backend, const T: usize>(
-    options: &Options,
-    lr: f64,
-    inputs: TailInputs<B, T>,
-    rollback: Option<&guard::Rollback<B>>,
-) -> (Tensor<B, T>, Option<Tensor<B, T>>, Option<Tensor<B, T>>) {
-    let TailInputs {
-        tensor,
-        grad,
-        direction,
-        graft: graft_buffer,
-        momentum: momentum_buffer,
-        first_moment,
-        step,
-    } = inputs;
-    let before = rollback.map(|_| (tensor.clone(), graft_buffer.clone(), momentum_buffer.clone()));
-    let nesterov = options.nesterov.then_some(options.nesterov_style);
-    // The momentum's decay first: issued after the grafting's norms, it would
-    // run in a kernel of its own (see `decay_momentum`). A first moment was
-    // taken before preconditioning instead.
-    let decayed = match first_moment {
-        Some(_) => None,
-        None => decay_momentum(options.momentum, nesterov, momentum_buffer),
-    };
-    let graft_norm = accumulate_graft(
-        options.grafting,
-        graft_buffer,
-        &grad,
-        options.beta2,
-        options.diagonal_eps,
-        step,
-    );
-    // The graft direction is that of the gradient the step preconditioned:
-    // the first moment where there is one.
-    let (new_first_moment, source) = match first_moment {
-        Some((buffer, filtered)) => (Some(buffer), filtered),
-        None => (None, grad),
-    };
-    let mut direction = graft(&graft_norm, direction, &source);
-    let graft_buffer = graft_norm.into_accumulator();
-    let mut param = tensor.clone();
-    if options.weight_decay != 0.0 {
-        match options.weight_decay_style {
-            WeightDecayStyle::L2AfterPreconditioning => {
-                direction = direction + tensor.mul_scalar(options.weight_decay)
-            }
-            WeightDecayStyle::Decoupled => param = param - tensor.mul_scalar(lr * options.weight_decay),
-        }
-    }
-    let (update, momentum_buffer) = match new_first_moment {
-        Some(buffer) => (direction, Some(buffer)),
-        None => add_momentum(options.momentum, nesterov, decayed, direction),
-    };
-    let param = param - update.mul_scalar(lr);
-    match rollback.zip(before) {
-        Some((rollback, (old_param, old_graft, old_momentum))) => (
-            rollback.apply(param, old_param),
-            keep_buffer_if(rollback, graft_buffer, &old_graft),
-            keep_buffer_if(rollback, momentum_buffer, &old_momentum),
-        ),
-        None => (param, graft_buffer, momentum_buffer),
-    }
-}
-
-/// [`finish`] for a parameter of shape `shape` whose tensors come flattened
-/// (the batched front end's): on the flat tensors, or on their
-/// [`tail_rows`] view and flattened back.
-pub(crate) fn finish_flat<B: Backend>(
-    options: &Options,
-    lr: f64,
-    shape: &[usize],
-    inputs: TailInputs<B, 1>,
-    rollback: Option<&guard::Rollback<B>>,
-) -> (Tensor<B, 1>, Option<Tensor<B, 1>>, Option<Tensor<B, 1>>) {
-    let Some(rows) = tail_rows(shape) else {
-        return finish(options, lr, inputs, rollback);
-    };
-    let (param, graft, momentum) = finish(options, lr, inputs.map(|t| reshape(t, rows)), rollback);
-    (flatten(param), graft.map(flatten), momentum.map(flatten))
-}
-
-/// The non-finite guard on factors: every statistic a step wrote (see
-/// [`Touched`]) goes back to its old value under `rollback`.
-///
-/// Run before a root refresh on a step that has one, so that the roots are
-/// those of the statistics kept; the roots then need no rollback of their own.
-pub(crate) fn keep_statistics_if<B: Backend>(
-    rollback: &guard::Rollback<B>,
-    new: &mut [FactorGroup<B>],
-    old: &[FactorGroup<B>],
-    touched: &Touched,
-) {
-    for (group, old_group) in new.iter_mut().zip(old) {
-        for (i, (s, o)) in group.statistics.iter_mut().zip(&old_group.statistics).enumerate() {
-            if touched.statistics[i] {
-                *s = rollback.apply(s.clone(), o.clone());
-            }
-        }
-    }
-}
-
-/// The non-finite guard on a graft or momentum buffer (a buffer created by
-/// this step falls back to zeros, what it would have started from).
-fn keep_buffer_if<B: Backend, const T: usize>(
-    rollback: &guard::Rollback<B>,
-    new: Option<Tensor<B, T>>,
-    old: &Option<Tensor<B, T>>,
-) -> Option<Tensor<B, T>> {
-    new.map(|n| {
-        let o = old.clone().unwrap_or_else(|| n.zeros_like());
-        rollback.apply(n, o)
-    })
-}
-
-/// Phase two of a step: recomputes the roots each request asks for, in its
-/// groups (a preconditioner's own, or a schedule class's stacked ones).
-///
-/// The statistics of one request that share a size are stacked along the
-/// batch axis, and [`matrix_roots`] merges the Newton stages that stacks of
-/// one size share across requests (every matrix still converges and freezes
-/// on its own).
-pub(crate) fn refresh_roots<B: Backend>(
-    mut requests: Vec<(&mut [FactorGroup<B>], &RootRefresh)>,
-    options: &Options,
-) {
-    let mut inputs = vec![];
-    // Per input: its request and the (group, dim) of each stacked statistic.
-    let mut owners: Vec<(usize, Vec<(usize, usize)>)> = vec![];
-    for (r, (groups, refresh)) in requests.iter().enumerate() {
-        let mut by_size: BTreeMap<usize, Vec<(usize, usize)>> = BTreeMap::new();
-        for (g, group) in groups.iter().enumerate() {
-            for (i, statistic) in group.statistics.iter().enumerate() {
-                if refresh.dims[i] {
-                    by_size.entry(statistic.dims()[1]).or_default().push((g, i));
-                }
-            }
-        }
-        for members in by_size.into_values() {
-            let stacked = stack(
-                members
-                    .iter()
-                    .map(|&(g, i)| groups[g].statistics[i].clone())
-                    .collect(),
-            );
-            inputs.push((stacked, refresh.spec));
-            owners.push((r, members));
-        }
-    }
-    let roots = matrix_roots(inputs, options.root_method, options.newton_schedule());
-    for ((r, members), roots) in owners.into_iter().zip(roots) {
-        let groups = &mut *requests[r].0;
-        let counts: Vec<_> = members
-            .iter()
-            .map(|&(g, i)| groups[g].statistics[i].dims()[0])
-            .collect();
-        for ((g, i), root) in members.into_iter().zip(unstack(roots, &counts)) {
-            groups[g].roots[i] = root;
-        }
-    }
-}
-
-/// Applies every factor to every block: mode `i` multiplied by `roots[i]`
-/// (every mode but `skip`).
-pub(crate) fn apply_factors<B: Backend>(
-    blocks: Tensor<B, 2>,
-    roots: &[Tensor<B, 3>],
-    block_dims: &[usize],
-    skip: Option<usize>,
-) -> Tensor<B, 2> {
-    roots
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| Some(*i) != skip)
-        .fold(blocks, |b, (i, p)| mode_product(b, p.clone(), block_dims, i))
-}
-
-/// [`apply_factors`] on every mode, the result flattened
-/// (`[blocks * block_numel]`).
-fn apply_all_factors_flat<B: Backend>(
-    blocks: Tensor<B, 2>,
-    roots: &[Tensor<B, 3>],
-    block_dims: &[usize],
-) -> Tensor<B, 1> {
-    if let ([d0, d1], [left, right]) = (block_dims, roots) {
-        // Matrix blocks: `L X R` on `[blocks, d0, d1]`, the same two products
-        // as the fold, flattened straight from the product: the fold's
-        // reshapes of the intermediate to `[blocks, numel]` and back, and of
-        // the result to `[blocks, numel]`, are each a copy on burn-ndarray
-        // (see `layout::reshape`).
-        let n = blocks.dims()[0];
-        return left
-            .clone()
-            .matmul(blocks.reshape([n, *d0, *d1]))
-            .matmul(right.clone())
-            .reshape([n * d0 * d1]);
-    }
-    flatten(apply_factors(blocks, roots, block_dims, None))
-}
-
-/// Phase one for KrADagrad* and Shampoo (sections 3 and 5): every factor of
-/// every block is updated from the raw gradient, all roots are due every
-/// `preconditioning_compute_steps`, and the direction is the gradient with
-/// every mode preconditioned.
-fn kronecker_update<B: Backend>(
-    options: &Options,
-    variant: Variant,
-    rank: usize,
-    block_dims: &[&[usize]],
-    factors: Factors<'_, B>,
-    blocks: &[Tensor<B, 2>],
-    touched: &mut Touched,
-) -> StepPlan<B> {
-    let statistics_due = variant.statistics_due(*factors.step, options);
-    *factors.step += 1;
-    let tau = *factors.step;
-    if rank == 0 {
-        return StepPlan::gradient();
-    }
-    if statistics_due {
-        for ((group, dims), b) in factors.groups.iter_mut().zip(block_dims).zip(blocks) {
-            for (i, statistic) in group.statistics.iter_mut().enumerate() {
-                let s = statistic.clone();
-                *statistic = match variant {
-                    Variant::Shampoo => {
-                        shampoo::update_statistic(s, mode_gram(b.clone(), dims, i), options.beta2)
-                    }
-                    _ => kradagrad_star::update_statistic(s, b.clone(), dims, i, options.beta2),
-                };
-            }
-        }
-        touched.statistics.fill(true);
-    }
-    let refresh = tau
-        .is_multiple_of(options.preconditioning_compute_steps)
-        .then(|| RootRefresh {
-            dims: vec![true; rank],
-            spec: match variant {
-                Variant::Shampoo => shampoo::root_spec(rank, options, tau / options.statistics_compute_steps),
-                _ => kradagrad_star::root_spec(rank),
-            },
-        });
-    let direction = match tau < options.start_preconditioning_step {
-        true => Direction::Gradient,
-        false => Direction::Full,
-    };
-    StepPlan { refresh, direction }
-}
-
-impl<B: Backend> StepPlan<B> {
-    /// No roots due, and the raw gradient as the direction.
-    pub(crate) fn gradient() -> Self {
-        Self {
-            refresh: None,
-            direction: Direction::Gradient,
-        }
-    }
-
-    /// KrADagrad's plan (section 4): `partial` is `Some((dim, blocks))` on a
-    /// statistics step (the blocks with every mode but `dim` preconditioned);
-    /// `started` says whether preconditioning has started.
-    pub(crate) fn kradagrad(
-        refresh: Option<RootRefresh>,
-        partial: Option<(usize, Vec<Tensor<B, 2>>)>,
-        started: bool,
-    ) -> Self {
-        let direction = match (partial, started) {
-            (None, false) => Direction::Gradient,
-            (None, true) => Direction::Full,
-            (Some((dim, blocks)), finish) => Direction::Partial { dim, blocks, finish },
-        };
-        Self { refresh, direction }
-    }
 }

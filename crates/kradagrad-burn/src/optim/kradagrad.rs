@@ -1,5 +1,5 @@
 //! KrADagrad: one factor per step, approximating full-matrix AdaGrad
-//! (ALGORITHM.md section 4).
+//! (docs/algorithm.md, "The three optimizers").
 //!
 //! Per block and dim it keeps `S_i`, starting at `I`. On a statistics step it
 //! picks ONE dim `i` by a fixed schedule, preconditions every other mode of the
@@ -9,27 +9,32 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::engine::{apply_factors, Factors, RootRefresh, StepPlan, Touched, Variant};
-use crate::config::{preconditioned_config, Options};
+use super::preconditioner::{apply_factors, ClassFactors, Direction, RootRefresh, StatisticsUpdate};
+use crate::config::Options;
 use crate::krad::{decay_inverse, krad_mm_update_from_blocks};
+use crate::layout::BlockLayout;
 use crate::roots::RootSpec;
 
-preconditioned_config! {
-    /// Configuration of [`Kradagrad`], with the library's defaults (see the
-    /// field docs). Use it like Burn's `AdamConfig`:
-    ///
-    /// ```
-    /// use kradagrad_burn::KradagradConfig;
-    /// let config = KradagradConfig::new().with_momentum(0.95);
-    /// assert!(config.validate().is_ok());
-    /// ```
-    KradagradConfig =>
-    /// The KrADagrad optimizer, a Burn [`SimpleOptimizer`](burn::optim::SimpleOptimizer).
-    Kradagrad(Variant::Kradagrad),
-    grafting = "crate::transforms::Grafting::None",
-    grafting_doc = "Grafting of the preconditioned direction. Default: none (the reference never grafts KrADagrad).",
-    {}
-    inverse_exponent_override = |_config| 0
+/// The scale of the initial statistic `I`.
+pub(crate) fn initial_scale(_options: &Options) -> f64 {
+    1.0
+}
+
+/// Whether the step taken after `step` steps updates a statistic: KrADagrad
+/// counts its steps from 0.
+pub(crate) fn statistics_due(step: usize, options: &Options) -> bool {
+    step.is_multiple_of(options.statistics_compute_steps)
+}
+
+/// What parameters stacked in one class must share besides their step and
+/// pending roots: the merged rank and the position of the first largest
+/// merged dim, which fix [`dim_for_step`].
+pub(crate) fn schedule_key(layout: &BlockLayout) -> (usize, usize) {
+    let largest = match layout.rank() {
+        0 => 0,
+        _ => largest_dim(&layout.dims),
+    };
+    (layout.rank(), largest)
 }
 
 /// The dim updated at step `t` for merged dims `dims` (rank `k >= 1`): round
@@ -51,32 +56,33 @@ pub fn dim_for_step(t: usize, dims: &[usize]) -> usize {
 
 /// The first index of the largest of `dims` (rank `>= 1`): with the rank, all
 /// that [`dim_for_step`] reads of the dims.
-pub(crate) fn largest_dim(dims: &[usize]) -> usize {
+fn largest_dim(dims: &[usize]) -> usize {
     let max = *dims.iter().max().expect("rank >= 1");
     dims.iter().position(|&d| d == max).expect("max exists")
 }
 
-/// KrADagrad's phase one (section 4); see
-/// [`update_statistics`](super::engine::update_statistics) for the
-/// arguments. `dims` (the merged dims) pick the statistic updated this step;
-/// the roots due are those of the dims updated since their last refresh.
+/// The statistics update of one class. `dims` (the merged dims every
+/// member shares, as far as [`dim_for_step`] reads them) pick the statistic
+/// updated this step; the roots due are those of the dims updated since
+/// their last refresh.
 pub(crate) fn update_statistics<B: Backend>(
     options: &Options,
     dims: &[usize],
     block_dims: &[&[usize]],
-    factors: Factors<'_, B>,
+    factors: ClassFactors<'_, B>,
     blocks: &[Tensor<B, 2>],
-    touched: &mut Touched,
-) -> StepPlan<B> {
+) -> StatisticsUpdate<B> {
     let t = *factors.step;
     *factors.step += 1;
-    if dims.is_empty() {
-        return StepPlan::gradient();
+    let rank = dims.len();
+    if rank == 0 {
+        return StatisticsUpdate::gradient(rank);
     }
     let groups = factors.groups;
+    let mut written = vec![false; rank];
     // On a statistics step: the dim, and the gradient with every other mode preconditioned.
     let mut partial: Option<(usize, Vec<Tensor<B, 2>>)> = None;
-    if Variant::Kradagrad.statistics_due(t, options) {
+    if statistics_due(t, options) {
         let i = dim_for_step(t, dims);
         let tilde: Vec<_> = blocks
             .iter()
@@ -85,22 +91,32 @@ pub(crate) fn update_statistics<B: Backend>(
             .map(|((b, group), bd)| apply_factors(b.clone(), &group.roots, bd, Some(i)))
             .collect();
         for ((group, bd), gt) in groups.iter_mut().zip(block_dims).zip(&tilde) {
-            let s = decay_inverse(group.statistics[i].clone(), options.beta2);
+            let s = decay_inverse(group.statistics[i].clone(), options.beta_2);
             group.statistics[i] = krad_mm_update_from_blocks(s, gt.clone(), bd, i, options.matrix_eps);
         }
         factors.stale_dims[i] = true;
-        touched.statistics[i] = true;
+        written[i] = true;
         partial = Some((i, tilde));
     }
     // Every block's roots of every stale dim (the reference refreshes only the first block's).
     let refresh = t.is_multiple_of(options.preconditioning_compute_steps).then(|| {
-        let stale = std::mem::replace(factors.stale_dims, vec![false; dims.len()]);
+        let stale = std::mem::replace(factors.stale_dims, vec![false; rank]);
         RootRefresh {
             dims: stale,
             spec: RootSpec::positive(2),
         }
     });
-    StepPlan::kradagrad(refresh, partial, t >= options.start_preconditioning_step)
+    let started = t >= options.start_preconditioning_step;
+    let direction = match partial {
+        None if started => Direction::EveryMode,
+        None => Direction::Gradient,
+        Some((dim, blocks)) => Direction::AllButOne { dim, blocks, started },
+    };
+    StatisticsUpdate {
+        written,
+        refresh,
+        direction,
+    }
 }
 
 #[cfg(test)]
@@ -108,7 +124,7 @@ mod tests {
     use super::dim_for_step;
 
     #[test]
-    fn schedule_follows_section_4() {
+    fn schedule_round_robin_then_squares() {
         let dims = [3, 7];
         // t < k^2 = 4: round robin.
         let first: Vec<_> = (0..4).map(|t| dim_for_step(t, &dims)).collect();

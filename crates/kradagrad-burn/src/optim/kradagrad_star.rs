@@ -1,4 +1,5 @@
-//! KrADagrad*: the Shampoo-shaped KrAD optimizer (ALGORITHM.md section 3).
+//! KrADagrad*: the Shampoo-shaped KrAD optimizer (docs/algorithm.md, "The
+//! three optimizers").
 //!
 //! Per block and dim it keeps `S_i ~ L_i^-1`, starting at `I / eps`, updates
 //! every `S_i` from the raw gradient's mode-`i` Gram `C` with
@@ -8,42 +9,51 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::engine::Variant;
-use crate::config::preconditioned_config;
+use super::preconditioner::{update_every_dim, ClassFactors, StatisticsUpdate};
+use crate::config::Options;
 use crate::krad::{decay_inverse, krad_star_update_from_blocks};
 use crate::roots::RootSpec;
 
-preconditioned_config! {
-    /// Configuration of [`KradagradStar`], with the library's defaults (see the
-    /// field docs). Use it like Burn's `AdamConfig`:
-    ///
-    /// ```
-    /// use kradagrad_burn::KradagradStarConfig;
-    /// let config = KradagradStarConfig::new().with_block_size(Some(256));
-    /// assert!(config.validate().is_ok());
-    /// ```
-    KradagradStarConfig =>
-    /// The KrADagrad* optimizer, a Burn [`SimpleOptimizer`](burn::optim::SimpleOptimizer).
-    KradagradStar(Variant::KradagradStar),
-    grafting = "crate::transforms::Grafting::SgdNorm",
-    grafting_doc = "Grafting of the preconditioned direction. Default: the SGD norm (the reference always grafts KrADagrad*).",
-    {}
-    inverse_exponent_override = |_config| 0
+/// The scale of the initial inverse statistic `I / eps`.
+pub(crate) fn initial_scale(options: &Options) -> f64 {
+    1.0 / options.matrix_eps
 }
 
-/// The KrADagrad* statistic update (section 3) of the mode-`i` inverse
-/// statistics of a batch of gradient blocks, with decay `beta2`.
-pub(crate) fn update_statistic<B: Backend>(
+/// The statistics update of one class: every inverse statistic from the raw
+/// gradient's blocks, every root `S^(1/(2k))` due together.
+pub(crate) fn update_statistics<B: Backend>(
+    options: &Options,
+    dims: &[usize],
+    block_dims: &[&[usize]],
+    factors: ClassFactors<'_, B>,
+    blocks: &[Tensor<B, 2>],
+) -> StatisticsUpdate<B> {
+    let rank = dims.len();
+    update_every_dim(
+        options,
+        rank,
+        block_dims,
+        factors,
+        blocks,
+        |s, b, bd, i| update_statistic(s, b.clone(), bd, i, options.beta_2),
+        |_| root_spec(rank),
+    )
+}
+
+/// The KrADagrad* statistic update of the mode-`i` inverse statistics of a
+/// batch of gradient blocks, with decay `beta_2` (the inverse of the decayed
+/// statistic is `S / beta_2`).
+fn update_statistic<B: Backend>(
     s: Tensor<B, 3>,
     blocks: Tensor<B, 2>,
     block_dims: &[usize],
     i: usize,
-    beta2: f64,
+    beta_2: f64,
 ) -> Tensor<B, 3> {
-    krad_star_update_from_blocks(decay_inverse(s, beta2), blocks, block_dims, i)
+    krad_star_update_from_blocks(decay_inverse(s, beta_2), blocks, block_dims, i)
 }
 
 /// `P = S^(1/(2k))`.
-pub(crate) fn root_spec(rank: usize) -> RootSpec {
+fn root_spec(rank: usize) -> RootSpec {
     RootSpec::positive(2 * rank as u32)
 }

@@ -1,4 +1,5 @@
-//! Optimizer state shared by the three optimizers: a Burn `Record`.
+//! Optimizer state shared by the three optimizers and both front ends: Burn
+//! `Record`s.
 
 use burn::record::Record;
 use burn::tensor::{backend::Backend, DType, Tensor};
@@ -108,6 +109,29 @@ impl<B: Backend> FactorGroup<B> {
     /// Bytes held by the statistics and roots (reads shapes only).
     pub fn size_bytes(&self) -> usize {
         self.statistics.iter().chain(&self.roots).map(tensor_bytes).sum()
+    }
+}
+
+/// The factors of the parameters stacked in one schedule class (see
+/// [`BatchedOptimizer`](super::BatchedOptimizer)), or of one parameter.
+#[derive(Record, Clone, Debug)]
+pub struct ClassState<B: Backend> {
+    /// Step counter, as [`PreconditionerState::step`].
+    pub step: usize,
+    /// One factor group per distinct block shape of the class.
+    pub groups: Vec<FactorGroup<B>>,
+    /// KrADagrad only: the dims updated since their roots were last computed.
+    pub stale_dims: Vec<bool>,
+}
+
+impl<B: Backend> ClassState<B> {
+    /// Applies `f` to every factor tensor (a move between devices or backends).
+    pub(crate) fn map<C: Backend>(self, f: impl Fn(Tensor<B, 3>) -> Tensor<C, 3>) -> ClassState<C> {
+        ClassState {
+            step: self.step,
+            groups: self.groups.into_iter().map(|g| g.map(&f)).collect(),
+            stale_dims: self.stale_dims,
+        }
     }
 }
 
