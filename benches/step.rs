@@ -222,11 +222,7 @@ macro_rules! state_bytes_for {
     )*};
 }
 
-state_bytes_for!(
-    kradagrad_burn::Shampoo,
-    kradagrad_burn::KradagradStar,
-    kradagrad_burn::Kradagrad
-);
+state_bytes_for!(kradagrad_burn::PerParameterOptimizer);
 
 impl<B: AutodiffBackend, M> StateBytes for BatchedOptimizer<M, B> {
     fn state_bytes(&self) -> usize {
@@ -377,7 +373,7 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
         // No comma in a label: KRADAGRAD_BENCH_ROWS is a comma-separated list.
         row!(
             "KrADagrad* (batched with early-exit roots)",
-            KradagradStarConfig::new().with_newton_convergence_check(EARLY_EXIT_CHECK),
+            KradagradStarConfig::new().with_newton_convergence_check(Some(EARLY_EXIT_CHECK)),
             init_batched
         );
         // After the batched rows, which a short GPU run should reach first:
@@ -385,15 +381,15 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
         // flag read back every `EARLY_EXIT_CHECK` iterations): the same roots.
         row!(
             "Shampoo (early-exit roots)",
-            ShampooConfig::new().with_newton_convergence_check(EARLY_EXIT_CHECK)
+            ShampooConfig::new().with_newton_convergence_check(Some(EARLY_EXIT_CHECK))
         );
         row!(
             "KrADagrad* (early-exit roots)",
-            KradagradStarConfig::new().with_newton_convergence_check(EARLY_EXIT_CHECK)
+            KradagradStarConfig::new().with_newton_convergence_check(Some(EARLY_EXIT_CHECK))
         );
         row!(
             "KrADagrad (early-exit roots)",
-            KradagradConfig::new().with_newton_convergence_check(EARLY_EXIT_CHECK)
+            KradagradConfig::new().with_newton_convergence_check(Some(EARLY_EXIT_CHECK))
         );
     }
     // What the root refreshes cost: the same KrADagrad* step with roots never recomputed
@@ -592,7 +588,7 @@ fn quadratic<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut
     // one stage of five matmuls per iteration (`T^3` by two, `X T`, `T^3 T M`).
     row!(
         "Shampoo (Newton root)",
-        ShampooConfig::new().with_grafting(Grafting::SgdNorm),
+        ShampooConfig::new().with_grafting(Some(Grafting::SgdNorm)),
         |cap| Some(QuadraticMatmuls::new(
             N,
             RootSpec::inverse(4, 1e-8),
@@ -611,18 +607,18 @@ fn quadratic<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut
     row!(
         "Shampoo (Newton root, early exit)",
         ShampooConfig::new()
-            .with_grafting(Grafting::SgdNorm)
-            .with_newton_convergence_check(EARLY_EXIT_CHECK),
+            .with_grafting(Some(Grafting::SgdNorm))
+            .with_newton_convergence_check(Some(EARLY_EXIT_CHECK)),
         none
     );
     row!(
         "KrADagrad* (early-exit roots)",
-        KradagradStarConfig::new().with_newton_convergence_check(EARLY_EXIT_CHECK),
+        KradagradStarConfig::new().with_newton_convergence_check(Some(EARLY_EXIT_CHECK)),
         none
     );
     row!(
         "KrADagrad (early-exit roots)",
-        KradagradConfig::new().with_newton_convergence_check(EARLY_EXIT_CHECK),
+        KradagradConfig::new().with_newton_convergence_check(Some(EARLY_EXIT_CHECK)),
         none
     );
     let after = matmuls("after");

@@ -64,9 +64,9 @@ use burn::tensor::activation::{log_sigmoid, log_softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use indicatif::ProgressBar;
+use kradagrad_burn::WeightDecayConfig as DecayConfig;
 use kradagrad_burn::{
-    Grafting, KradagradConfig, KradagradStarConfig, MomentumForm, NesterovStyle, RootMethod, ShampooConfig,
-    WeightDecayStyle,
+    Grafting, KradagradConfig, KradagradStarConfig, MomentumForm, RootMethod, ShampooConfig, WeightDecayStyle,
 };
 use kradagrad_burn_suite::cli::{flag_pairs, named_items, value_or_usage};
 use kradagrad_burn_suite::datasets::{mnist, mnist_cache_dir, mnist_digits, uci_digits, Images};
@@ -477,10 +477,12 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     .with_preconditioning_compute_steps(self.args.roots_every)
                     .with_statistics_compute_steps(self.args.stats_every)
                     .with_start_preconditioning_step(self.args.start)
-                    .with_beta2(self.args.beta2)
+                    .with_beta_2(self.args.beta2)
             };
         }
-        let nesterov = NesterovStyle::Reference;
+        // The paper's runs: the reference's Nesterov recurrence.
+        let reference_nesterov =
+            kradagrad_burn::MomentumConfig::new().with_form(MomentumForm::ReferenceNesterov);
         let mut run = match method {
             Method::Sgd => {
                 let momentum = MomentumConfig {
@@ -507,36 +509,35 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     _ => RootMethod::Newton,
                 };
                 let config = scheduled!(ShampooConfig::new())
-                    .with_nesterov(true)
-                    .with_nesterov_style(nesterov)
-                    .with_weight_decay(wd)
+                    .with_momentum(Some(reference_nesterov))
+                    .with_weight_decay(Some(DecayConfig::new(wd)))
                     .with_root_method(roots);
                 train_preconditioned!(config)
             }
             Method::KradagradStar => {
                 let config = scheduled!(KradagradStarConfig::new())
-                    .with_nesterov(true)
-                    .with_nesterov_style(nesterov)
-                    .with_weight_decay(wd);
+                    .with_momentum(Some(reference_nesterov))
+                    .with_weight_decay(Some(DecayConfig::new(wd)));
                 train_preconditioned!(config)
             }
             Method::Kradagrad => {
                 let config = scheduled!(KradagradConfig::new())
-                    .with_nesterov(true)
-                    .with_nesterov_style(nesterov)
-                    .with_weight_decay(wd);
+                    .with_momentum(Some(reference_nesterov))
+                    .with_weight_decay(Some(DecayConfig::new(wd)));
                 train_preconditioned!(config)
             }
             Method::KradagradStarAdam => {
                 let config = scheduled!(KradagradStarConfig::new())
-                    .with_grafting(Grafting::BiasCorrectedAdam {
-                        beta2: 0.999,
+                    .with_grafting(Some(Grafting::BiasCorrectedAdam {
+                        beta_2: 0.999,
                         epsilon: ADAM_EPSILON,
-                    })
-                    .with_momentum(0.9)
-                    .with_momentum_form(MomentumForm::FirstMoment)
-                    .with_weight_decay(wd)
-                    .with_weight_decay_style(WeightDecayStyle::Decoupled);
+                    }))
+                    .with_momentum(Some(
+                        kradagrad_burn::MomentumConfig::new()
+                            .with_momentum(0.9)
+                            .with_form(MomentumForm::FirstMoment),
+                    ))
+                    .with_weight_decay(Some(DecayConfig::new(wd).with_style(WeightDecayStyle::Decoupled)));
                 train_preconditioned!(config)
             }
         };

@@ -46,7 +46,7 @@ use burn::train::renderer::{
 use burn::train::{
     ClassificationOutput, InferenceStep, Learner, LearnerSummary, SupervisedTraining, TrainOutput, TrainStep,
 };
-use kradagrad_burn::{Grafting, KradagradStarConfig, MomentumForm};
+use kradagrad_burn::{Grafting, KradagradStarConfig, MomentumConfig, MomentumForm};
 use kradagrad_burn_suite::cli::{flag_pairs, value_or_usage};
 use kradagrad_burn_suite::datasets::{uci_digits, Images};
 use kradagrad_burn_suite::report::{mean_std, progress_bar, sig3, spread, strictly_inside};
@@ -447,11 +447,11 @@ impl Setup {
         let config = match start {
             Start::FromSgd => KradagradStarConfig::new(),
             Start::FromAdam => KradagradStarConfig::new()
-                .with_grafting(Grafting::BiasCorrectedAdam {
-                    beta2: 0.999,
+                .with_grafting(Some(Grafting::BiasCorrectedAdam {
+                    beta_2: 0.999,
                     epsilon: ADAM_EPSILON as f64,
-                })
-                .with_momentum_form(MomentumForm::FirstMoment),
+                }))
+                .with_momentum(Some(MomentumConfig::new().with_form(MomentumForm::FirstMoment))),
         };
         match schedule {
             Schedule::Defaults => config,
@@ -461,7 +461,7 @@ impl Setup {
                 .with_statistics_compute_steps(10)
                 .with_preconditioning_compute_steps(100),
             Schedule::StartAt101 => config.with_start_preconditioning_step(101),
-            Schedule::Beta2 => config.with_beta2(0.999),
+            Schedule::Beta2 => config.with_beta_2(0.999),
         }
     }
 }

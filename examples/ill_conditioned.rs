@@ -29,7 +29,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 use indicatif::ProgressBar;
 use kradagrad_burn::{
-    Grafting, KradagradConfig, KradagradStarConfig, NesterovStyle, RootMethod, ShampooConfig,
+    Grafting, KradagradConfig, KradagradStarConfig, MomentumConfig, MomentumForm, RootMethod, ShampooConfig,
 };
 use kradagrad_burn_suite::cli::{flag_pairs, named_items, value_or_usage};
 use kradagrad_burn_suite::quadratic::{QuadraticOnDevice, QuadraticProblem};
@@ -280,21 +280,19 @@ impl Descent<'_> {
 /// Section 8's settings for the preconditioned methods.
 macro_rules! paper_settings {
     ($config:expr, $args:expr, $root:expr) => {{
-        let (nesterov, style) = match $args.momentum {
-            Momentum::Reference => (true, NesterovStyle::Reference),
-            Momentum::Nesterov => (true, NesterovStyle::Textbook),
-            Momentum::HeavyBall => (false, NesterovStyle::Textbook),
+        let form = match $args.momentum {
+            Momentum::Reference => MomentumForm::ReferenceNesterov,
+            Momentum::Nesterov => MomentumForm::Nesterov,
+            Momentum::HeavyBall => MomentumForm::HeavyBall,
         };
         $config
             .with_matrix_eps(1e-8)
             .with_block_size(None)
-            .with_beta2(1.0)
+            .with_beta_2(1.0)
             .with_statistics_compute_steps(1)
             .with_preconditioning_compute_steps(3)
             .with_start_preconditioning_step(3)
-            .with_momentum(0.9)
-            .with_nesterov(nesterov)
-            .with_nesterov_style(style)
+            .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_form(form)))
             .with_root_method($root)
             .with_newton_iterations($args.newton_iterations)
     }};
@@ -351,7 +349,7 @@ fn run_all<B32: AutodiffBackend, B64: AutodiffBackend, M: Backend>(
                 .init(),),
             Method::ShampooF64 => descent.run::<B64, _>(
                 paper_settings!(ShampooConfig::new(), args, root)
-                    .with_grafting(Grafting::SgdNorm)
+                    .with_grafting(Some(Grafting::SgdNorm))
                     .init(),
                 lr,
                 DType::F64,
@@ -359,14 +357,14 @@ fn run_all<B32: AutodiffBackend, B64: AutodiffBackend, M: Backend>(
             ),
             Method::ShampooF32Eigh | Method::ShampooF32Newton => {
                 f32_run!(paper_settings!(ShampooConfig::new(), args, root)
-                    .with_grafting(Grafting::SgdNorm)
+                    .with_grafting(Some(Grafting::SgdNorm))
                     .init(),)
             }
             Method::KradagradStar => f32_run!(paper_settings!(KradagradStarConfig::new(), args, root)
-                .with_grafting(Grafting::SgdNorm)
+                .with_grafting(Some(Grafting::SgdNorm))
                 .init(),),
             Method::Kradagrad => f32_run!(paper_settings!(KradagradConfig::new(), args, root)
-                .with_grafting(Grafting::None)
+                .with_grafting(None)
                 .init(),),
         };
         let seconds = start.elapsed().as_secs_f64();

@@ -310,9 +310,9 @@ fn build(case: &Case, options: ReplayOptions) -> Result<Built, String> {
                 apply_common!(KradagradStarConfig::new(), &common, root, iters).with_grafting(Some(grafting)),
             )
         }
-        "kradagrad" => Built::Mm(
-            apply_common!(KradagradConfig::new(), &common, root, iters).with_grafting(None),
-        ),
+        "kradagrad" => {
+            Built::Mm(apply_common!(KradagradConfig::new(), &common, root, iters).with_grafting(None))
+        }
         "shampoo" => {
             let grafting = if graft_type == 2 {
                 Grafting::AdaGrad {

@@ -8,7 +8,8 @@ use burn::backend::NdArray;
 use burn::optim::SimpleOptimizer;
 use burn::tensor::{Distribution, Tensor};
 use kradagrad_burn::{
-    ConfigError, KradagradConfig, KradagradStarConfig, NonFiniteGradients, PreconditionerState, ShampooConfig,
+    ConfigError, Grafting, KradagradConfig, KradagradStarConfig, MomentumConfig, NonFiniteGradients,
+    PreconditionerState, ShampooConfig, WeightDecayConfig,
 };
 
 type B = NdArray<f32>;
@@ -38,29 +39,58 @@ fn invalid_configs_name_the_field() {
         assert_eq!(field(star().with_matrix_eps(eps).validate()), "matrix_eps");
     }
     for momentum in [-0.1, 1.0, f64::NAN] {
-        assert_eq!(field(star().with_momentum(momentum).validate()), "momentum");
+        let config = star().with_momentum(Some(MomentumConfig::new().with_momentum(momentum)));
+        assert_eq!(field(config.validate()), "momentum.momentum");
     }
-    for beta2 in [0.0, 1.5, f64::NAN] {
-        assert_eq!(field(star().with_beta2(beta2).validate()), "beta2");
+    for beta_2 in [0.0, 1.5, f64::NAN] {
+        assert_eq!(field(star().with_beta_2(beta_2).validate()), "beta_2");
     }
-    for wd in [-1e-3, f64::NAN, f64::INFINITY] {
-        assert_eq!(field(star().with_weight_decay(wd).validate()), "weight_decay");
+    for penalty in [-1e-3, f64::NAN, f64::INFINITY] {
+        let config = star().with_weight_decay(Some(WeightDecayConfig::new(penalty)));
+        assert_eq!(field(config.validate()), "weight_decay.penalty");
     }
-    assert_eq!(field(star().with_diagonal_eps(0.0).validate()), "diagonal_eps");
+    for grafting in [
+        Grafting::AdaGrad { epsilon: 0.0 },
+        Grafting::Adam { epsilon: f64::NAN },
+    ] {
+        assert_eq!(
+            field(star().with_grafting(Some(grafting)).validate()),
+            "grafting.epsilon"
+        );
+    }
     assert_eq!(
         field(star().with_newton_iterations(0).validate()),
         "newton_iterations"
     );
+    assert_eq!(
+        field(star().with_newton_convergence_check(Some(0)).validate()),
+        "newton_convergence_check"
+    );
     // The same rules hold for the other two optimizers.
-    assert_eq!(field(KradagradConfig::new().with_beta2(2.0).validate()), "beta2");
+    assert_eq!(
+        field(KradagradConfig::new().with_beta_2(2.0).validate()),
+        "beta_2"
+    );
     assert_eq!(
         field(ShampooConfig::new().with_block_size(Some(0)).validate()),
         "block_size"
     );
+    assert_eq!(
+        field(
+            ShampooConfig::new()
+                .with_inverse_exponent_override(Some(0))
+                .validate()
+        ),
+        "inverse_exponent_override"
+    );
     // Defaults and edge values are valid.
     for config in [
         star(),
-        star().with_momentum(0.0).with_beta2(1.0).with_block_size(None),
+        star().with_momentum(None).with_beta_2(1.0).with_block_size(None),
+        star()
+            .with_grafting(None)
+            .with_momentum(Some(MomentumConfig::new().with_momentum(0.0)))
+            .with_weight_decay(Some(WeightDecayConfig::new(0.0))),
     ] {
         assert!(config.validate().is_ok());
     }
@@ -68,10 +98,32 @@ fn invalid_configs_name_the_field() {
     assert!(ShampooConfig::new().validate().is_ok());
 }
 
+/// The `try_` constructors return the validation's error instead of panicking.
 #[test]
-#[should_panic(expected = "invalid KradagradStarConfig: `momentum` must lie in [0, 1), got 1.5")]
+fn try_constructors_return_the_config_error() {
+    type A = burn::backend::Autodiff<B>;
+    type M = burn::nn::Linear<A>;
+    let bad = KradagradStarConfig::new().with_matrix_eps(-1.0);
+    let expected = bad.validate().expect_err("invalid");
+    assert_eq!(bad.try_build().map(|_| ()), Err(expected.clone()));
+    assert_eq!(bad.try_init::<A, M>().map(|_| ()), Err(expected.clone()));
+    assert_eq!(bad.try_init_batched::<A, M>().map(|_| ()), Err(expected));
+    let bad = ShampooConfig::new().with_beta_2(0.0);
+    assert_eq!(bad.try_init::<A, M>().map(|_| ()).unwrap_err().field, "beta_2");
+    let bad = KradagradConfig::new().with_statistics_compute_steps(0);
+    assert_eq!(
+        bad.try_init_batched::<A, M>().map(|_| ()).unwrap_err().field,
+        "statistics_compute_steps"
+    );
+    assert!(KradagradStarConfig::new().try_init::<A, M>().is_ok());
+}
+
+#[test]
+#[should_panic(expected = "invalid KradagradStarConfig: `momentum.momentum` must lie in [0, 1), got 1.5")]
 fn init_panics_with_the_validation_message() {
-    let _ = KradagradStarConfig::new().with_momentum(1.5).build();
+    let _ = KradagradStarConfig::new()
+        .with_momentum(Some(MomentumConfig::new().with_momentum(1.5)))
+        .build();
 }
 
 #[test]
@@ -157,7 +209,7 @@ fn a_state_from_another_shape_is_a_clear_error() {
     // No momentum and no merging: only the factors can tell the shapes apart
     // (merged, [6, 4] and [4, 6] would both be [24]).
     let optimizer = ShampooConfig::new()
-        .with_momentum(0.0)
+        .with_momentum(None)
         .with_merge_dims(false)
         .build();
     let (_, state) = optimizer.step(0.1, random([6, 4]), random([6, 4]), None);

@@ -37,7 +37,7 @@ fn pending_root_config() -> KradagradConfig {
     KradagradConfig::new()
         .with_statistics_compute_steps(2)
         .with_preconditioning_compute_steps(3)
-        .with_momentum(0.0)
+        .with_momentum(None)
 }
 
 /// The gradients of both runs: `grads[3]` is the step the runs differ at.
@@ -376,7 +376,7 @@ fn parameters_may_skip_steps() {
     let blocked = |c: KradagradStarConfig| c.with_block_size(Some(4)).with_preconditioning_compute_steps(2);
     compare!(
         "kradagrad*",
-        blocked(KradagradStarConfig::new()).with_grafting(Grafting::Adam)
+        blocked(KradagradStarConfig::new()).with_grafting(Some(Grafting::Adam { epsilon: 1e-6 }))
     );
     compare!(
         "kradagrad*, statistics every 2nd step",
@@ -393,7 +393,7 @@ fn parameters_may_skip_steps() {
         ShampooConfig::new()
             .with_block_size(Some(4))
             .with_preconditioning_compute_steps(2)
-            .with_grafting(Grafting::AdaGrad)
+            .with_grafting(Some(Grafting::AdaGrad { epsilon: 1e-6 }))
     );
 }
 

@@ -252,7 +252,7 @@ fn optimizers_with_a_convergence_check_train_identically() {
             let config = $config
                 .with_block_size(Some(16))
                 .with_preconditioning_compute_steps(2);
-            let checked = config.clone().with_newton_convergence_check(2);
+            let checked = config.clone().with_newton_convergence_check(Some(2));
             pair($name, config.build(), checked.build());
         }};
     }

@@ -18,7 +18,9 @@ use burn::optim::{GradientsParams, Optimizer, SimpleOptimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use burn::train::{InferenceStep, Learner, RegressionOutput, SupervisedTraining, TrainOutput, TrainStep};
-use kradagrad_burn::{Grafting, KradagradConfig, KradagradStarConfig, ShampooConfig, WeightDecayStyle};
+use kradagrad_burn::{
+    Grafting, KradagradConfig, KradagradStarConfig, ShampooConfig, WeightDecayConfig, WeightDecayStyle,
+};
 use kradagrad_burn_suite::mlp::Mlp;
 
 type B = NdArray<f64>;
@@ -62,23 +64,24 @@ fn zero_rate_step<O: SimpleOptimizer<B, State<2> = kradagrad_burn::Preconditione
 #[test]
 fn a_zero_rate_keeps_the_parameter_and_advances_the_state() {
     let with_everything = |c: KradagradStarConfig| {
-        c.with_grafting(Grafting::Adam)
-            .with_weight_decay(0.01)
-            .with_weight_decay_style(WeightDecayStyle::Decoupled)
+        c.with_grafting(Some(Grafting::Adam { epsilon: 1e-6 }))
+            .with_weight_decay(Some(
+                WeightDecayConfig::new(0.01).with_style(WeightDecayStyle::Decoupled),
+            ))
             .with_preconditioning_compute_steps(2)
     };
     zero_rate_step("KrADagrad*", &with_everything(KradagradStarConfig::new()).build());
     zero_rate_step(
         "KrADagrad",
         &KradagradConfig::new()
-            .with_weight_decay(0.01)
+            .with_weight_decay(Some(WeightDecayConfig::new(0.01)))
             .with_preconditioning_compute_steps(2)
             .build(),
     );
     zero_rate_step(
         "Shampoo",
         &ShampooConfig::new()
-            .with_grafting(Grafting::AdaGrad)
+            .with_grafting(Some(Grafting::AdaGrad { epsilon: 1e-6 }))
             .with_preconditioning_compute_steps(2)
             .build(),
     );

@@ -178,7 +178,7 @@ fn state_saved_on_one_backend_continues_on_the_other() {
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     let config = KradagradStarConfig::new()
         .with_preconditioning_compute_steps(4)
-        .with_grafting(Grafting::Adam);
+        .with_grafting(Some(Grafting::Adam { epsilon: 1e-6 }));
     let (cpu_device, gpu_device) = (Default::default(), WgpuDevice::default());
     let cpu_data = regression_data(128, 4, 2, 7, &cpu_device);
     let gpu_data = regression_data(128, 4, 2, 7, &gpu_device);

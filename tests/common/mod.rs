@@ -11,8 +11,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use kradagrad_burn::krad::{krad_mm_update, krad_star_update};
 use kradagrad_burn::{
-    Grafting, KradagradConfig, KradagradStarConfig, PreconditionerState, RootMethod, ShampooConfig,
-    WeightDecayStyle,
+    Grafting, KradagradConfig, KradagradStarConfig, MomentumConfig, MomentumForm, PreconditionerState,
+    RootMethod, ShampooConfig, WeightDecayConfig, WeightDecayStyle,
 };
 use kradagrad_burn_suite::mlp::{regression_data, train, Mlp};
 use kradagrad_burn_suite::replay::{replay_on, ReplayOptions, VectorFile};
@@ -394,23 +394,23 @@ pub fn every_shape_class_trains<B: AutodiffBackend>(device: &B::Device) {
     let star = KradagradStarConfig::new()
         .with_block_size(Some(8))
         .with_preconditioning_compute_steps(5)
-        .with_momentum(0.0);
+        .with_momentum(None);
     train_zoo::<B>(device, star.init(), 0.05);
     let mm = KradagradConfig::new()
         .with_block_size(Some(8))
         .with_preconditioning_compute_steps(5)
-        .with_momentum(0.0);
+        .with_momentum(None);
     train_zoo::<B>(device, mm.init(), 0.02);
     let shampoo = ShampooConfig::new()
         .with_block_size(Some(8))
         .with_preconditioning_compute_steps(5)
-        .with_momentum(0.0);
+        .with_momentum(None);
     train_zoo::<B>(device, shampoo.init(), 0.05);
     // No blocking and no merging.
     let unblocked = KradagradStarConfig::new()
         .with_block_size(None)
         .with_merge_dims(false)
-        .with_momentum(0.0);
+        .with_momentum(None);
     train_zoo::<B>(device, unblocked.init(), 0.05);
 }
 
@@ -518,8 +518,8 @@ pub fn non_finite_gradients_change_nothing<B: Backend>(device: &B::Device) {
     let star = KradagradStarConfig::new()
         .with_block_size(Some(4))
         .with_preconditioning_compute_steps(2)
-        .with_grafting(Grafting::Adam)
-        .with_weight_decay(0.01);
+        .with_grafting(Some(Grafting::Adam { epsilon: 1e-6 }))
+        .with_weight_decay(Some(WeightDecayConfig::new(0.01)));
     skip_non_finite::<B, _>(star.build(), device);
     // Statistics every other step: the bad gradients fall on steps with and
     // without a statistics update, where the step issues the guard's probe
@@ -541,9 +541,10 @@ pub fn non_finite_gradients_change_nothing<B: Backend>(device: &B::Device) {
     let shampoo = ShampooConfig::new()
         .with_block_size(Some(4))
         .with_preconditioning_compute_steps(2)
-        .with_grafting(Grafting::AdaGrad)
-        .with_weight_decay(0.01)
-        .with_weight_decay_style(WeightDecayStyle::Decoupled);
+        .with_grafting(Some(Grafting::AdaGrad { epsilon: 1e-6 }))
+        .with_weight_decay(Some(
+            WeightDecayConfig::new(0.01).with_style(WeightDecayStyle::Decoupled),
+        ));
     skip_non_finite::<B, _>(shampoo.build(), device);
 }
 
@@ -563,11 +564,11 @@ pub fn shampoo_ema_roots_stay_bounded<B: Backend>(device: &B::Device) {
     let ceiling = (eps / 2.0).powf(-0.25);
     for method in [RootMethod::Newton, RootMethod::Eigh] {
         let optimizer = ShampooConfig::new()
-            .with_beta2(0.99)
+            .with_beta_2(0.99)
             .with_matrix_eps(eps)
             .with_merge_dims(false)
             .with_preconditioning_compute_steps(10)
-            .with_momentum(0.0)
+            .with_momentum(None)
             .with_root_method(method)
             .build();
         let mut param: Tensor<B, 2> = normal([8, 6], 3, device);
@@ -762,14 +763,14 @@ pub fn preconditioning_beats_sgd<B: AutodiffBackend>(device: &B::Device) {
     let (sgd_lr, sgd) = best_sgd::<B>(device);
     assert!(sgd.is_finite(), "SGD diverged at every learning rate");
     let paper = |c: KradagradStarConfig| {
-        c.with_momentum(0.0)
+        c.with_momentum(None)
             .with_matrix_eps(1e-8)
             .with_preconditioning_compute_steps(3)
             .with_start_preconditioning_step(3)
     };
     let star = paper(KradagradStarConfig::new());
     let shampoo = ShampooConfig::new()
-        .with_momentum(0.0)
+        .with_momentum(None)
         .with_matrix_eps(1e-8)
         .with_preconditioning_compute_steps(3)
         .with_start_preconditioning_step(3);
@@ -821,7 +822,7 @@ pub fn checkpoint_resume<B: AutodiffBackend>(device: &B::Device, tolerance: Opti
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     let config = KradagradStarConfig::new()
         .with_preconditioning_compute_steps(4)
-        .with_grafting(Grafting::Adam);
+        .with_grafting(Some(Grafting::Adam { epsilon: 1e-6 }));
     let (model, data) = problem::<B>(device);
     let start = temp_path("start");
     recorder
@@ -1057,9 +1058,9 @@ pub fn batched_matches_per_parameter<B: AutodiffBackend>(device: &B::Device, tol
         KradagradStarConfig::new()
             .with_block_size(Some(8))
             .with_preconditioning_compute_steps(3)
-            .with_grafting(Grafting::Adam)
-            .with_nesterov(true)
-            .with_weight_decay(0.01),
+            .with_grafting(Some(Grafting::Adam { epsilon: 1e-6 }))
+            .with_momentum(Some(MomentumConfig::new().with_form(MomentumForm::Nesterov)))
+            .with_weight_decay(Some(WeightDecayConfig::new(0.01))),
         0.05
     );
     compare!(
@@ -1089,9 +1090,10 @@ pub fn batched_matches_per_parameter<B: AutodiffBackend>(device: &B::Device, tol
             .with_matrix_eps(1e-2)
             .with_block_size(Some(8))
             .with_preconditioning_compute_steps(3)
-            .with_grafting(Grafting::AdaGrad)
-            .with_weight_decay(0.01)
-            .with_weight_decay_style(WeightDecayStyle::Decoupled),
+            .with_grafting(Some(Grafting::AdaGrad { epsilon: 1e-6 }))
+            .with_weight_decay(Some(
+                WeightDecayConfig::new(0.01).with_style(WeightDecayStyle::Decoupled)
+            )),
         0.05
     );
 }
@@ -1303,11 +1305,10 @@ pub fn large_tensors_graft_by_whole_tensor_norms<B: AutodiffBackend>(device: &B:
                 .with_block_size(Some(4))
                 .with_preconditioning_compute_steps(2)
                 .with_start_preconditioning_step(3)
-                .with_grafting(Grafting::AdaGrad)
-                .with_momentum(0.0)
-                .with_diagonal_eps(eps)
+                .with_grafting(Some(Grafting::AdaGrad { epsilon: eps }))
+                .with_momentum(None)
                 .with_root_method(RootMethod::Eigh);
-            let ungrafted = config.clone().with_grafting(Grafting::None);
+            let ungrafted = config.clone().with_grafting(None);
             let scales = (lr, eps, tolerance);
             run::<B, _>($name, config.init(), ungrafted.init(), device, scales);
             let batched = format!("{} (batched)", $name);

@@ -470,7 +470,10 @@ fn bounded_newton_root<B: Backend>(
         // Optional early end (the only host read of a root computation): once
         // every matrix is frozen, the remaining iterations are no-ops.
         let every = schedule.convergence_check;
-        if every.is_some_and(|every| k.is_multiple_of(every)) && k < iteration_count && all_frozen(frozen.clone()) {
+        if every.is_some_and(|every| k.is_multiple_of(every))
+            && k < iteration_count
+            && all_frozen(frozen.clone())
+        {
             iterations_run = k;
             break;
         }

@@ -466,7 +466,8 @@ mod tests {
         assert!((got - 2f64.sqrt()).abs() < 1e-6, "{got}");
         // Adam accumulator decays by beta_2 and adds G^2 without (1 - beta2).
         let acc = ada_norm.into_accumulator();
-        let adam = accumulate_graft(Some(Grafting::Adam { epsilon: 1e-6 }), acc, &grad, 0.5, 2).into_accumulator();
+        let adam =
+            accumulate_graft(Some(Grafting::Adam { epsilon: 1e-6 }), acc, &grad, 0.5, 2).into_accumulator();
         assert_eq!(
             adam.unwrap().into_data().to_vec::<f64>().unwrap(),
             vec![4.5 + 9.0, 8.0 + 16.0]

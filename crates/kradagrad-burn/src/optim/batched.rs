@@ -142,11 +142,7 @@ impl<B: Backend> BatchedState<B> {
         BatchedState {
             param_ids: self.param_ids,
             shapes: self.shapes,
-            classes: self
-                .classes
-                .into_iter()
-                .map(|c| c.map(&f3))
-                .collect(),
+            classes: self.classes.into_iter().map(|c| c.map(&f3)).collect(),
             graft: self.graft.into_iter().map(|b| b.map(&f1)).collect(),
             momentum: self.momentum.into_iter().map(|b| b.map(&f1)).collect(),
             origin: self.origin,
@@ -192,7 +188,12 @@ fn stacking_of_state<B: Backend>(state: &BatchedState<B>, engine: &Engine) -> St
             class_of.len(),
             state.shapes.len()
         )),
-        None => Stacking::by_key(&state.shapes, options, |_, layout| engine.algorithm.class_key(layout)).0,
+        None => {
+            Stacking::by_key(&state.shapes, options, |_, layout| {
+                engine.algorithm.class_key(layout)
+            })
+            .0
+        }
     }
 }
 
@@ -323,7 +324,11 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
     }
 
     /// A fresh state of one parameter, in its gradient's float type.
-    fn fresh(&self, entry: &Entry<B::InnerBackend>, layout: &BlockLayout) -> PreconditionerState<B::InnerBackend, 1> {
+    fn fresh(
+        &self,
+        entry: &Entry<B::InnerBackend>,
+        layout: &BlockLayout,
+    ) -> PreconditionerState<B::InnerBackend, 1> {
         let grad = &entry.input.grad;
         self.engine.fresh_state(layout, &grad.device(), grad.dtype())
     }
@@ -404,7 +409,10 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
 
     /// The states of the parameters of a stacked state: its active ones (as
     /// `stacking` stacks them, in its order), then its parked ones.
-    fn unstack(state: BatchedState<B::InnerBackend>, stacking: &Stacking) -> Vec<ParkedState<B::InnerBackend>> {
+    fn unstack(
+        state: BatchedState<B::InnerBackend>,
+        stacking: &Stacking,
+    ) -> Vec<ParkedState<B::InnerBackend>> {
         let origin = state.origin.clone();
         let mut own: Vec<PreconditionerState<B::InnerBackend, 1>> = stacking
             .layouts
@@ -420,8 +428,11 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
                 origin: origin.clone(),
             })
             .collect();
-        let mut regions: Vec<Vec<Option<FactorGroup<B::InnerBackend>>>> =
-            stacking.layouts.iter().map(|l| vec![None; l.regions.len()]).collect();
+        let mut regions: Vec<Vec<Option<FactorGroup<B::InnerBackend>>>> = stacking
+            .layouts
+            .iter()
+            .map(|l| vec![None; l.regions.len()])
+            .collect();
         for (class, class_state) in stacking.classes.iter().zip(state.classes) {
             for (group, stacked) in class.groups.iter().zip(class_state.groups) {
                 let counts = group.counts();
@@ -585,11 +596,12 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             );
         }
         let (mut state, stacking) = self.state_for(&entries);
+        let steps = model_steps(&state);
         let mut set = SetState {
             classes: std::mem::take(&mut state.classes),
             graft: std::mem::take(&mut state.graft),
             momentum: std::mem::take(&mut state.momentum),
-            steps: model_steps(&state),
+            steps,
         };
         let (ids, inputs): (Vec<ParamId>, Vec<_>) = entries.into_iter().map(|e| (e.id, e.input)).unzip();
         let updated = self.engine.step(lr, &inputs, &stacking, &mut set);

@@ -111,9 +111,14 @@ impl Engine {
             .zip(&steps)
             .enumerate()
             .map(|(p, (param, &step))| {
-                options
-                    .filters_gradient()
-                    .then(|| first_moment(options.momentum_factor(), state.momentum[p].clone(), &param.grad, step))
+                options.filters_gradient().then(|| {
+                    first_moment(
+                        options.momentum_factor(),
+                        state.momentum[p].clone(),
+                        &param.grad,
+                        step,
+                    )
+                })
             })
             .collect();
 
@@ -148,9 +153,13 @@ impl Engine {
                 groups: &mut class_state.groups,
                 stale_dims: &mut class_state.stale_dims,
             };
-            let update =
-                self.algorithm
-                    .update_statistics(options, &class.dims, &class.block_dims(), factors, &stacked);
+            let update = self.algorithm.update_statistics(
+                options,
+                &class.dims,
+                &class.block_dims(),
+                factors,
+                &stacked,
+            );
             updates.push(ClassUpdate {
                 update,
                 blocks: stacked,
@@ -193,7 +202,11 @@ impl Engine {
             );
             for (group, flat) in class.groups.iter().zip(preconditioned.into_iter().flatten()) {
                 let width = group.block_dims.iter().product();
-                for (m, part) in group.members.iter().zip(unstack_flat(flat, width, &group.counts())) {
+                for (m, part) in group
+                    .members
+                    .iter()
+                    .zip(unstack_flat(flat, width, &group.counts()))
+                {
                     regions[m.param][m.region] = Some(part);
                 }
             }
@@ -306,7 +319,13 @@ impl Engine {
         inputs: UpdateInputs<B, T>,
         verdict: Option<&Rollback<B>>,
     ) -> UpdateOutputs<B, T> {
-        let before = verdict.map(|_| (inputs.param.clone(), inputs.graft.clone(), inputs.momentum.clone()));
+        let before = verdict.map(|_| {
+            (
+                inputs.param.clone(),
+                inputs.graft.clone(),
+                inputs.momentum.clone(),
+            )
+        });
         let out = update_parameter(&self.options, lr, inputs);
         let Some((verdict, (param, graft, momentum))) = verdict.zip(before) else {
             return out;
@@ -340,7 +359,11 @@ fn stack_class<B: Backend>(
                 group
                     .members
                     .iter()
-                    .map(|m| blocks[m.param][m.region].take().expect("each region stacked once"))
+                    .map(|m| {
+                        blocks[m.param][m.region]
+                            .take()
+                            .expect("each region stacked once")
+                    })
                     .collect(),
             )
         })
@@ -369,7 +392,10 @@ fn keep_statistics_if<B: Backend, const T: usize>(
     old: &SetState<B, T>,
     updates: &mut [ClassUpdate<B>],
 ) {
-    let written: Vec<_> = updates.iter_mut().map(|u| std::mem::take(&mut u.update.written)).collect();
+    let written: Vec<_> = updates
+        .iter_mut()
+        .map(|u| std::mem::take(&mut u.update.written))
+        .collect();
     keep_statistics_written(verdict, state, old, &written);
     for (u, w) in updates.iter_mut().zip(written) {
         u.update.written = vec![false; w.len()];

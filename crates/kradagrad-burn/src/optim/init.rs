@@ -84,7 +84,8 @@ macro_rules! front_ends {
                 B: AutodiffBackend,
                 M: AutodiffModule<B>,
             {
-                self.try_init_batched().unwrap_or_else(|error| panic!("{error}"))
+                self.try_init_batched()
+                    .unwrap_or_else(|error| panic!("{error}"))
             }
         }
     };
