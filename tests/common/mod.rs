@@ -1174,9 +1174,9 @@ pub fn zoo_continue<B: AutodiffBackend, O: Optimizer<Zoo<B>, B>>(
 
 // ---------------------------------------------------------------- large tensors
 
-/// Two parameters of [`TAIL_ROWS_MIN_ENTRIES`](kradagrad_burn::layout::TAIL_ROWS_MIN_ENTRIES)
+/// Two parameters of [`ROWS_VIEW_MIN_ENTRIES`](kradagrad_burn::layout::ROWS_VIEW_MIN_ENTRIES)
 /// entries, whose step tails run on `[rows, cols]` views
-/// (`kradagrad_burn::layout::tail_rows`): a matrix (its own view) and a vector
+/// (`kradagrad_burn::layout::rows_view`): a matrix (its own view) and a vector
 /// (viewed as `[512, 512]`).
 #[derive(Module, Debug)]
 pub struct Large<B: Backend> {

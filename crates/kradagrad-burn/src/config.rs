@@ -44,7 +44,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Whose step size the preconditioned direction borrows (layer-wise
-/// grafting, docs/algorithm.md "Grafting").
+/// grafting, docs/algorithm.md "Shared transforms").
 ///
 /// The direction `D` is rescaled to the Frobenius norm of the graft direction:
 /// `D * ||graft|| / (||D|| + 1e-16)`. Before preconditioning starts, and for a
@@ -84,7 +84,7 @@ pub enum Grafting {
     },
 }
 
-/// How momentum filters the step (docs/algorithm.md "Momentum").
+/// How momentum filters the step (docs/algorithm.md, "Shared transforms").
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum MomentumForm {
     /// Heavy ball on the grafted direction `D`: `m = mu m + D`, step along `m`.

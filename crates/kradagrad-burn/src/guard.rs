@@ -10,7 +10,7 @@
 
 use burn::tensor::{backend::Backend, Bool, DType, Tensor};
 
-use crate::layout::tail_rows;
+use crate::layout::rows_view;
 use crate::transforms::squared_norm;
 
 /// A one-element flag: is `grad` unusable, holding a NaN or an Inf, or
@@ -29,12 +29,12 @@ pub fn unusable_gradient<B: Backend, const D: usize>(grad: &Tensor<B, D>) -> Ten
 /// A small tensor is summed by one reduction: a rank-1 tensor (a flattened
 /// gradient) along its one axis, so that Burn's fusion fuses the probe with
 /// the work around it, others as one `[1, numel]` row (see
-/// [`as_row`](crate::transforms::as_row)). A large one (see [`tail_rows`]),
+/// [`as_row`](crate::transforms::as_row)). A large one (see [`rows_view`]),
 /// where one reduction would run in a single GPU workgroup, is summed one
 /// axis at a time on its `[rows, cols]` view
 /// ([`sum_axes`](crate::transforms::sum_axes)).
 pub fn squared_norm_probe<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
-    if D == 1 && tail_rows(&t.dims()).is_none() {
+    if D == 1 && rows_view(&t.dims()).is_none() {
         return t.square().sum_dim(0).reshape([1]);
     }
     squared_norm(t).reshape([1])
@@ -54,7 +54,7 @@ pub fn probe_is_finite<B: Backend>(probe: Tensor<B, 1>) -> Tensor<B, 1, Bool> {
 /// one select per tensor, element-wise work that Burn's fusion can fuse
 /// (broadcasting the flag with `expand` would end a fused kernel). In Burn
 /// 0.21 the selects of a step's tail still run in a kernel of their own after
-/// the fused tail (docs/performance.md, "Fewer kernels, round four").
+/// the fused tail.
 #[derive(Debug, Clone)]
 pub struct Rollback<B: Backend> {
     /// `+inf` when the step is rolled back, `-inf` when it is kept (`[1]`).
@@ -82,12 +82,10 @@ impl<B: Backend> Rollback<B> {
     /// [`probe_is_finite`]): a masked fill of a fresh constant, a kernel Burn's
     /// fusion can fuse, where `is_nan` would always launch one of its own.
     ///
-    /// The two halves can be issued apart: the per-parameter step compares
-    /// the probe before its split (after its direction on a KrAD statistics
-    /// step) and fills the constant after its direction,
-    /// where the fill ends Burn's fusion stream so that the step's tail fuses;
-    /// the fill itself then runs in a kernel of its own (docs/performance.md,
-    /// "Fewer kernels, round five").
+    /// The two halves can be issued apart: a step may compare the probe
+    /// before it cuts the gradient into blocks and fill the constant after
+    /// its direction, where the fill ends Burn's fusion stream so that the
+    /// step's update fuses; the fill itself then runs in a kernel of its own.
     pub fn unless(kept: Tensor<B, 1, Bool>, dtype: DType) -> Self {
         let threshold = Tensor::<B, 1>::full([1], f64::INFINITY, (&kept.device(), dtype))
             .mask_fill(kept, f64::NEG_INFINITY);

@@ -1,5 +1,5 @@
-//! The inversion-free KrAD update of an inverse statistic (ALGORITHM.md
-//! section 1), batched over blocks.
+//! The inversion-free KrAD update of an inverse statistic (docs/algorithm.md,
+//! "The idea"), batched over blocks.
 //!
 //! `KrAD(S, M; nu, c) = S - S M S / (c (1 + nu(S M)))`, where `nu` bounds the
 //! spectral radius of `S M`. It keeps `S` symmetric positive definite, never
@@ -7,7 +7,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use crate::layout::{mode_cross, mode_gram, mode_product, tail_rows, TAIL_ROWS_MIN_ENTRIES};
+use crate::layout::{mode_cross, mode_gram, mode_product, rows_view, ROWS_VIEW_MIN_ENTRIES};
 
 /// Symmetrises a batch of matrices: `(A + A^T) / 2`.
 pub fn symmetrize<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -29,14 +29,13 @@ pub fn trace_of_product<B: Backend>(a: Tensor<B, 3>, b_symmetric: Tensor<B, 3>) 
 /// Per-matrix sum of all entries, as a `[n, 1, 1]` tensor: one reduction
 /// over the flattened matrix (a reshape of the contiguous product), where
 /// summing rows then columns would launch two. Except for matrices of at
-/// least [`TAIL_ROWS_MIN_ENTRIES`] entries (the 1536x1536 statistic of
-/// section 8's quadratic): a CubeCL backend runs each output of a reduction
-/// in one workgroup, so those sum their rows first (`n * rows` outputs
-/// spread over the device) and then the row sums (docs/performance.md, "One
-/// workgroup per whole-tensor sum").
+/// least [`ROWS_VIEW_MIN_ENTRIES`] entries (the 1536x1536 statistic of the
+/// paper's quadratic): a CubeCL backend runs each output of a reduction in
+/// one workgroup, so those sum their rows first (`n * rows` outputs spread
+/// over the device) and then the row sums.
 fn sum_per_matrix<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
     let [n, rows, cols] = a.dims();
-    if rows * cols >= TAIL_ROWS_MIN_ENTRIES {
+    if rows * cols >= ROWS_VIEW_MIN_ENTRIES {
         a.sum_dim(2).sum_dim(1)
     } else {
         a.reshape([n, 1, rows * cols]).sum_dim(2)
@@ -45,11 +44,11 @@ fn sum_per_matrix<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
 
 /// Per-block sum of a batch of flattened blocks `[n, numel]`, as a `[n, 1,
 /// 1]` tensor: one reduction along the row, except for blocks of at least
-/// [`TAIL_ROWS_MIN_ENTRIES`] entries, which [`sum_per_matrix`] sums on their
-/// [`tail_rows`] view (one output per block would run in one GPU workgroup).
+/// [`ROWS_VIEW_MIN_ENTRIES`] entries, which [`sum_per_matrix`] sums on their
+/// [`rows_view`] view (one output per block would run in one GPU workgroup).
 fn sum_per_block<B: Backend>(a: Tensor<B, 2>) -> Tensor<B, 3> {
     let [n, numel] = a.dims();
-    match tail_rows(&[numel]) {
+    match rows_view(&[numel]) {
         Some([rows, cols]) => sum_per_matrix(a.reshape([n, rows, cols])),
         None => a.sum_dim(1).reshape([n, 1, 1]),
     }
@@ -61,7 +60,8 @@ pub fn frobenius_norm<B: Backend>(a: Tensor<B, 3>) -> Tensor<B, 3> {
 }
 
 /// Decays an inverse statistic by `beta2`: `S / beta2` is the inverse of the
-/// decayed statistic `beta2 L` (sections 3 and 4). The identity at `beta2 = 1`.
+/// decayed statistic `beta2 L` (KrADagrad* and KrADagrad with `beta_2 < 1`).
+/// The identity at `beta2 = 1`.
 pub fn decay_inverse<B: Backend>(s: Tensor<B, 3>, beta2: f64) -> Tensor<B, 3> {
     if beta2 < 1.0 {
         s.div_scalar(beta2)
@@ -70,7 +70,7 @@ pub fn decay_inverse<B: Backend>(s: Tensor<B, 3>, beta2: f64) -> Tensor<B, 3> {
     }
 }
 
-/// KrADagrad* update (section 3): `S - S C S / (d (1 + trace(C S)))` for a
+/// KrADagrad* update: `S - S C S / (d (1 + trace(C S)))` for a
 /// batch of inverse statistics `s` and Gram matrices `gram`, `[n, d, d]`.
 pub fn krad_star_update<B: Backend>(s: Tensor<B, 3>, gram: Tensor<B, 3>) -> Tensor<B, 3> {
     let trace = trace_of_product(gram.clone(), s.clone());
@@ -88,8 +88,7 @@ fn krad_star_step<B: Backend>(s: Tensor<B, 3>, sms: Tensor<B, 3>, trace: Tensor<
     // Burn 0.21's fusion ends the stream it is exploring, so that the
     // element-wise work below (`+ d` included) starts a stream of its own and
     // fuses. Without it, that work hangs off the split's slices, which
-    // cannot fuse, and runs one operation per kernel (docs/performance.md,
-    // "Fewer kernels, round five" and "round six").
+    // cannot fuse, and runs one operation per kernel.
     let d_constant = Tensor::<B, 3>::full(trace.dims(), d, &trace.device()).cast(trace.dtype());
     let denominator = trace.mul(d_constant).add_scalar(d);
     // `sym(S - A / c) = sym(S) - sym(A) / c`, each operand symmetrised on its
@@ -98,7 +97,7 @@ fn krad_star_step<B: Backend>(s: Tensor<B, 3>, sms: Tensor<B, 3>, trace: Tensor<
     symmetrize(s) - symmetrize(sms) / denominator
 }
 
-/// KrADagrad* update (section 3) of the mode-`i` inverse statistics `s`,
+/// KrADagrad* update of the mode-`i` inverse statistics `s`,
 /// `[blocks, d, d]`, by the mode-`i` Grams of a batch of blocks
 /// `[blocks, numel]` — [`krad_star_update`] with `C = X X^T`, `X` the mode-`i`
 /// unfolding, in whichever of two equal forms needs fewer FLOPs.
@@ -126,7 +125,7 @@ pub fn krad_star_update_from_blocks<B: Backend>(
     krad_star_step(s, mode_gram(y, block_dims, i), trace)
 }
 
-/// KrADagrad update (section 4): damping `S' = S - eps S S^T`, then
+/// KrADagrad update: damping `S' = S - eps S S^T`, then
 /// `S' - (S' M) S'^T / (1 + ||S' M||_F)`.
 pub fn krad_mm_update<B: Backend>(s: Tensor<B, 3>, gram: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
     let damped = damp(s, eps);
@@ -142,13 +141,13 @@ fn krad_mm_step<B: Backend>(damped: Tensor<B, 3>, sms: Tensor<B, 3>, sm: Tensor<
     symmetrize(damped - sms / denominator)
 }
 
-/// KrADagrad's damping `S - eps S S^T` (section 4).
+/// KrADagrad's damping `S - eps S S^T`.
 fn damp<B: Backend>(s: Tensor<B, 3>, eps: f64) -> Tensor<B, 3> {
     let s_t = s.clone().swap_dims(1, 2);
     s.clone() - s.matmul(s_t).mul_scalar(eps)
 }
 
-/// KrADagrad update (section 4) of the mode-`i` inverse statistics `s` by
+/// KrADagrad update of the mode-`i` inverse statistics `s` by
 /// the mode-`i` Grams of a batch of blocks `[blocks, numel]` (the gradient
 /// with every other mode preconditioned): [`krad_mm_update`] with
 /// `M = X X^T`, in whichever of two equal forms needs fewer FLOPs.
@@ -198,7 +197,7 @@ mod tests {
     #[test]
     fn per_matrix_sums_on_both_sides_of_the_size_threshold() {
         // [3, 5, 7]: one reduction per matrix; [2, 520, 520] (270400 entries
-        // each, over TAIL_ROWS_MIN_ENTRIES): rows first, then the row sums.
+        // each, over ROWS_VIEW_MIN_ENTRIES): rows first, then the row sums.
         for [n, rows, cols] in [[3, 5, 7], [2, 520, 520]] {
             let len = rows * cols;
             let a = wave(n, len, 0.5).reshape([n, rows, cols]);
@@ -220,7 +219,7 @@ mod tests {
     #[test]
     fn per_block_sums_on_both_sides_of_the_size_threshold() {
         // 35 entries per block: one reduction per row; 270400 (over
-        // TAIL_ROWS_MIN_ENTRIES, a 520x520 view): rows first, then row sums.
+        // ROWS_VIEW_MIN_ENTRIES, a 520x520 view): rows first, then row sums.
         for [n, numel] in [[3, 35], [2, 520 * 520]] {
             let a = wave(n, numel, 0.25);
             let expected: Vec<f64> = values(a.clone())
@@ -237,8 +236,8 @@ mod tests {
 
     #[test]
     fn block_form_of_a_block_over_the_sum_threshold_matches_the_gram_form() {
-        // A 520x520 block (270400 entries, over TAIL_ROWS_MIN_ENTRIES): the
-        // block form's trace sums it on its tail_rows view; both modes.
+        // A 520x520 block (270400 entries, over ROWS_VIEW_MIN_ENTRIES): the
+        // block form's trace sums it on its rows_view view; both modes.
         let (d, n) = (520, 2);
         let blocks = wave(n, d * d, 0.3).mul_scalar(0.1);
         for i in 0..2 {

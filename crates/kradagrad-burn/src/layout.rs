@@ -1,4 +1,5 @@
-//! Shape handling shared by all three optimizers (ALGORITHM.md section 2).
+//! Shape handling shared by all three optimizers (docs/algorithm.md,
+//! "Shapes, blocks and batching").
 //!
 //! A parameter of any rank is first viewed through its *merged* shape (small
 //! adjacent dims multiplied together), then every merged dim larger than the
@@ -16,7 +17,7 @@
 use burn::tensor::{backend::Backend, Tensor};
 
 /// Merges adjacent small dims of `shape` while their product stays `<= max`
-/// (ALGORITHM.md section 2, step 1). Size-1 dims disappear; `[1]` gives `[]`.
+/// (docs/algorithm.md, "Shapes, blocks and batching", step 1). Size-1 dims disappear; `[1]` gives `[]`.
 ///
 /// ```
 /// use kradagrad_burn::layout::merge_dims;
@@ -398,8 +399,7 @@ pub fn flatten<B: Backend, const R: usize>(t: Tensor<B, R>) -> Tensor<B, 1> {
 /// `to_shape` returns into an owned array; fixed upstream after 0.21, in
 /// tracel-ai/burn pull request 5067), where a CubeCL backend only rewrites
 /// the shape. So the layout's reshapes that may be identities go through
-/// this, and an identity costs nothing on either (docs/performance.md,
-/// "Reshapes that copy on burn-ndarray").
+/// this, and an identity costs nothing on either.
 pub fn reshape<B: Backend, const R: usize, const S: usize>(
     t: Tensor<B, R>,
     dims: [usize; S],
@@ -415,13 +415,13 @@ pub fn reshape<B: Backend, const R: usize, const S: usize>(
 /// Entries from which a tensor's whole-tensor sums (the grafting's norms, the
 /// non-finite guard's probe, [`transforms::norm`](crate::transforms::norm))
 /// and the step's tail around them run on a `[rows, cols]` view instead of a
-/// flat one (see [`tail_rows`]); also the matrix size from which the per-matrix
+/// flat one (see [`rows_view`]); also the matrix size from which the per-matrix
 /// sums of the KrAD updates and Newton roots sum rows first (one output of a
 /// reduction runs in one GPU workgroup).
-pub const TAIL_ROWS_MIN_ENTRIES: usize = 1 << 18;
+pub const ROWS_VIEW_MIN_ENTRIES: usize = 1 << 18;
 
-/// The shortest side of a [`tail_rows`] view.
-const TAIL_ROWS_MIN_SIDE: usize = 32;
+/// The shortest side of a [`rows_view`] view.
+const ROWS_VIEW_MIN_SIDE: usize = 32;
 
 /// The `[rows, cols]` view in which the step's tail (grafting, weight decay,
 /// momentum, update, the guard's probe) runs for a tensor of shape `shape`,
@@ -430,28 +430,27 @@ const TAIL_ROWS_MIN_SIDE: usize = 32;
 /// On a flat tensor each whole-tensor sum is one reduction with one output,
 /// which Burn's fusion fuses with the element-wise work around it (the
 /// whole tail in one kernel), but which a CubeCL backend runs in a single
-/// workgroup, on one of the GPU's multiprocessors: on an H200 that cost
-/// about 0.4 ns per entry, 6.5 ms a step for a 4096x4096 weight
-/// (docs/performance.md, "One workgroup per whole-tensor sum"). On
+/// workgroup, on one of the GPU's multiprocessors, so its cost grows with
+/// the tensor's size however wide the GPU. On
 /// `[rows, cols]` the sums are one reduction per axis, `rows` outputs and
 /// then one, spread over the GPU, for a few kernels more. So tensors of at
-/// least [`TAIL_ROWS_MIN_ENTRIES`] entries get rows: a 2-D shape with both
+/// least [`ROWS_VIEW_MIN_ENTRIES`] entries get rows: a 2-D shape with both
 /// sides of at least 32 is its own view (no copy on burn-ndarray), any
 /// other the split of `numel` into the divisor nearest its square root
 /// (`rows <= cols`); `None` where that divisor is below 32 (a prime count,
 /// say), for which the flat tail is the only one.
-pub fn tail_rows(shape: &[usize]) -> Option<[usize; 2]> {
+pub fn rows_view(shape: &[usize]) -> Option<[usize; 2]> {
     let numel: usize = shape.iter().product();
-    if numel < TAIL_ROWS_MIN_ENTRIES {
+    if numel < ROWS_VIEW_MIN_ENTRIES {
         return None;
     }
     if let [a, b] = *shape {
-        if a.min(b) >= TAIL_ROWS_MIN_SIDE {
+        if a.min(b) >= ROWS_VIEW_MIN_SIDE {
             return Some([a, b]);
         }
     }
     let rows = (1..=numel.isqrt()).rev().find(|r| numel.is_multiple_of(*r))?;
-    (rows >= TAIL_ROWS_MIN_SIDE).then_some([rows, numel / rows])
+    (rows >= ROWS_VIEW_MIN_SIDE).then_some([rows, numel / rows])
 }
 
 /// [`unstack`] of a flattened `[batch, width]` stack into flat parts
@@ -489,7 +488,7 @@ pub fn fold<B: Backend>(unfolded: Tensor<B, 3>, block_dims: &[usize], i: usize) 
     swap_middle(unfolded, [n, d, pre, post]).reshape([n, pre * d * post])
 }
 
-/// Mode-`i` Gram matrices of a batch of blocks (section 2, step 3): the block
+/// Mode-`i` Gram matrices of a batch of blocks: the block
 /// contracted with itself over every axis but `i`, `[blocks, d_i, d_i]`.
 ///
 /// The first and last modes need no unfolding: with the block viewed as
@@ -519,7 +518,7 @@ pub fn mode_cross<B: Backend>(
 }
 
 /// Multiplies mode `i` of every block by its symmetric factor
-/// `[blocks, d_i, d_i]` (section 2, step 4).
+/// `[blocks, d_i, d_i]`.
 ///
 /// No axis is moved: with the block viewed as `[pre, d, post]`, the product is
 /// `F X` for the first mode (`pre = 1`), `X F` for the last (`post = 1`; `F`
@@ -581,26 +580,26 @@ mod tests {
     }
 
     #[test]
-    fn tail_rows_spread_large_tensors_over_rows() {
-        let min = TAIL_ROWS_MIN_ENTRIES;
+    fn rows_view_spread_large_tensors_over_rows() {
+        let min = ROWS_VIEW_MIN_ENTRIES;
         // Small tensors keep the flat (fused, one-workgroup) tail.
-        assert_eq!(tail_rows(&[min - 1]), None);
-        assert_eq!(tail_rows(&[784, 100]), None);
+        assert_eq!(rows_view(&[min - 1]), None);
+        assert_eq!(rows_view(&[784, 100]), None);
         // A matrix with two long sides is its own view.
-        assert_eq!(tail_rows(&[4096, 4096]), Some([4096, 4096]));
-        assert_eq!(tail_rows(&[8192, 1024]), Some([8192, 1024]));
-        assert_eq!(tail_rows(&[784, 1000]), Some([784, 1000]));
+        assert_eq!(rows_view(&[4096, 4096]), Some([4096, 4096]));
+        assert_eq!(rows_view(&[8192, 1024]), Some([8192, 1024]));
+        assert_eq!(rows_view(&[784, 1000]), Some([784, 1000]));
         // Anything else: the divisor nearest the square root, rows <= cols.
-        assert_eq!(tail_rows(&[min]), Some([512, 512]));
-        assert_eq!(tail_rows(&[16, 1 << 20]), Some([4096, 4096]));
-        assert_eq!(tail_rows(&[64, 64, 3, 3, 10]), Some([576, 640]));
+        assert_eq!(rows_view(&[min]), Some([512, 512]));
+        assert_eq!(rows_view(&[16, 1 << 20]), Some([4096, 4096]));
+        assert_eq!(rows_view(&[64, 64, 3, 3, 10]), Some([576, 640]));
         // 2 * 131101 (a prime): no divisor of 32 or more up to its root.
-        assert_eq!(tail_rows(&[2 * 131_101]), None);
+        assert_eq!(rows_view(&[2 * 131_101]), None);
         for shape in [[300_000usize, 1], [1, 300_000], [30, 10_000]] {
-            let [rows, cols] = tail_rows(&shape).expect("a divisor near the root");
+            let [rows, cols] = rows_view(&shape).expect("a divisor near the root");
             assert_eq!(rows * cols, 300_000);
             assert!(
-                (TAIL_ROWS_MIN_SIDE..=cols).contains(&rows),
+                (ROWS_VIEW_MIN_SIDE..=cols).contains(&rows),
                 "{shape:?}: {rows} x {cols}"
             );
         }

@@ -1,5 +1,5 @@
 //! Matrix p-th roots and inverse p-th roots of batches of SPD matrices
-//! (ALGORITHM.md section 7).
+//! (docs/algorithm.md, "Matrix roots").
 //!
 //! The default method runs coupled Newton iterations (Guo and Higham 2006) on
 //! the device with matmuls only, in the backend's float type, and decides when
@@ -327,7 +327,7 @@ pub fn newton_stages(spec: RootSpec, round_off: f64) -> Vec<(u32, f64)> {
 /// Each iterate is symmetrised. Stopping is decided per matrix on the device:
 /// a matrix is frozen once the residual `||M - I||_F` grows by more than 20%
 /// (the new iterate is discarded: past the fp32 round-off floor the plain
-/// iteration diverges, section 7), once it stops halving below 0.1 (it has
+/// iteration diverges), once it stops halving below 0.1 (it has
 /// reached its round-off floor), or once it falls below the precision's
 /// round-off level. Frozen matrices still ride along in the batched matmuls.
 /// With the fixed schedule the cost is fixed and nothing is read back: the

@@ -10,7 +10,7 @@ use crate::config::{Grafting, MomentumForm, Options, WeightDecayStyle};
 /// Frobenius norm of a whole tensor, as a one-element tensor on its device.
 ///
 /// One reduction of the `[1, numel]` row for a small tensor; a large one (see
-/// [`tail_rows`](crate::layout::tail_rows)) is summed one axis at a time on
+/// [`rows_view`](crate::layout::rows_view)) is summed one axis at a time on
 /// its `[rows, cols]` view, since a reduction with one output runs in one GPU
 /// workgroup.
 pub fn norm<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
@@ -20,12 +20,12 @@ pub fn norm<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 1> {
 /// `sum(t^2)` over the whole tensor, as a `[1, 1]` tensor (unlike
 /// [`sum_of_squares`], which keeps the tensor's rank for the grafting): on the
 /// `[1, numel]` row (see [`as_row`]) for a small tensor, one reduction; on
-/// the [`tail_rows`](crate::layout::tail_rows) view for a large one, one
+/// the [`rows_view`](crate::layout::rows_view) view for a large one, one
 /// reduction per axis ([`sum_axes`]), since a reduction with one output runs
 /// in one GPU workgroup. Used by [`norm`] and the guard's probe
 /// ([`squared_norm_probe`](crate::guard::squared_norm_probe)).
 pub(crate) fn squared_norm<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, 2> {
-    match crate::layout::tail_rows(&t.dims()) {
+    match crate::layout::rows_view(&t.dims()) {
         Some(rows) => sum_axes(crate::layout::reshape(t, rows).square()),
         None => as_row(t).square().sum_dim(1),
     }
@@ -182,7 +182,7 @@ fn sum_of_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
 /// reduction per axis longer than 1, innermost first (the first one fuses
 /// with the element-wise work before it). Each reduction has as many outputs
 /// as the axes it leaves, so on a `[rows, cols]` view the sum is spread over
-/// the device (see [`tail_rows`](crate::layout::tail_rows)); on a flat tensor
+/// the device (see [`rows_view`](crate::layout::rows_view)); on a flat tensor
 /// it is one reduction with one output.
 pub fn sum_axes<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     let dims = t.dims();
@@ -430,7 +430,7 @@ mod tests {
 
     #[test]
     fn norm_of_small_and_large_tensors() {
-        // [3, 4]: one row; [600, 500] (over TAIL_ROWS_MIN_ENTRIES): per axis.
+        // [3, 4]: one row; [600, 500] (over ROWS_VIEW_MIN_ENTRIES): per axis.
         for [rows, cols] in [[3, 4], [600, 500]] {
             let values: Vec<f64> = (0..rows * cols).map(|k| (k as f64 * 0.37).sin()).collect();
             let expected = values.iter().map(|x| x * x).sum::<f64>().sqrt();

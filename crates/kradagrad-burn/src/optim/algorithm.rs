@@ -4,7 +4,7 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::preconditioner::{kronecker_statistics_due, ClassFactors, StatisticsUpdate};
+use super::preconditioner::{kronecker_statistics_due, update_every_dim, ClassFactors, StatisticsUpdate};
 use super::{kradagrad, kradagrad_star, shampoo, StateOrigin};
 use crate::config::Options;
 use crate::layout::BlockLayout;
@@ -92,11 +92,27 @@ impl Algorithm {
         factors: ClassFactors<'_, B>,
         blocks: &[Tensor<B, 2>],
     ) -> StatisticsUpdate<B> {
-        let update = match self {
-            Algorithm::KradagradStar => kradagrad_star::update_statistics,
-            Algorithm::Kradagrad => kradagrad::update_statistics,
-            Algorithm::Shampoo => shampoo::update_statistics,
-        };
-        update(options, dims, block_dims, factors, blocks)
+        let rank = dims.len();
+        match self {
+            Algorithm::Kradagrad => kradagrad::update_statistics(options, dims, block_dims, factors, blocks),
+            Algorithm::KradagradStar => update_every_dim(
+                options,
+                rank,
+                block_dims,
+                factors,
+                blocks,
+                kradagrad_star::update_statistic,
+                kradagrad_star::root_spec,
+            ),
+            Algorithm::Shampoo => update_every_dim(
+                options,
+                rank,
+                block_dims,
+                factors,
+                blocks,
+                shampoo::update_statistic,
+                shampoo::root_spec,
+            ),
+        }
     }
 }

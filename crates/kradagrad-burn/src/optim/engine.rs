@@ -15,7 +15,7 @@ use super::stacking::Stacking;
 use super::{ClassState, FactorGroup, PreconditionerState};
 use crate::config::{NonFiniteGradients, Options};
 use crate::guard::{self, Rollback};
-use crate::layout::{flatten, reshape, stack, tail_rows, unstack_flat, BlockLayout};
+use crate::layout::{flatten, reshape, rows_view, stack, unstack_flat, BlockLayout};
 use crate::transforms::{first_moment, update_parameter, UpdateInputs, UpdateOutputs};
 
 /// An optimizer's settings and algorithm: what a step needs besides the
@@ -29,7 +29,7 @@ pub(crate) struct Engine {
 }
 
 /// One parameter of the set a step updates, its tensors in the view its
-/// update runs on (flat, or the [`tail_rows`] view).
+/// update runs on (flat, or the [`rows_view`] view).
 pub(crate) struct ParamInput<B: Backend, const T: usize> {
     /// The parameter's own shape.
     pub shape: Vec<usize>,
@@ -286,7 +286,7 @@ impl Engine {
     }
 
     /// [`update_parameter`] under the guard's `verdict`, on the
-    /// [`tail_rows`] view of a large parameter given flat.
+    /// [`rows_view`] view of a large parameter given flat.
     ///
     /// Burn 0.21's fusion fuses a reduction with the element-wise work
     /// around it only along the last axis of tensors of one shape, so on flat
@@ -302,7 +302,7 @@ impl Engine {
         verdict: Option<&Rollback<B>>,
     ) -> UpdateOutputs<B, T> {
         let dims = inputs.param.dims();
-        match tail_rows(shape) {
+        match rows_view(shape) {
             Some(rows) if dims[..] != rows[..] => self
                 .guarded_update(lr, inputs.map(|t| reshape(t, rows)), verdict)
                 .map(|t| reshape(t, dims)),

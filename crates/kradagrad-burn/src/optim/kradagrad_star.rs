@@ -9,7 +9,6 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::preconditioner::{update_every_dim, ClassFactors, StatisticsUpdate};
 use crate::config::Options;
 use crate::krad::{decay_inverse, krad_star_update_from_blocks};
 use crate::roots::RootSpec;
@@ -19,41 +18,20 @@ pub(crate) fn initial_scale(options: &Options) -> f64 {
     1.0 / options.matrix_eps
 }
 
-/// The statistics update of one class: every inverse statistic from the raw
-/// gradient's blocks, every root `S^(1/(2k))` due together.
-pub(crate) fn update_statistics<B: Backend>(
-    options: &Options,
-    dims: &[usize],
-    block_dims: &[&[usize]],
-    factors: ClassFactors<'_, B>,
-    blocks: &[Tensor<B, 2>],
-) -> StatisticsUpdate<B> {
-    let rank = dims.len();
-    update_every_dim(
-        options,
-        rank,
-        block_dims,
-        factors,
-        blocks,
-        |s, b, bd, i| update_statistic(s, b.clone(), bd, i, options.beta_2),
-        |_| root_spec(rank),
-    )
-}
-
 /// The KrADagrad* statistic update of the mode-`i` inverse statistics of a
 /// batch of gradient blocks, with decay `beta_2` (the inverse of the decayed
 /// statistic is `S / beta_2`).
-fn update_statistic<B: Backend>(
+pub(crate) fn update_statistic<B: Backend>(
     s: Tensor<B, 3>,
-    blocks: Tensor<B, 2>,
+    blocks: &Tensor<B, 2>,
     block_dims: &[usize],
     i: usize,
-    beta_2: f64,
+    options: &Options,
 ) -> Tensor<B, 3> {
-    krad_star_update_from_blocks(decay_inverse(s, beta_2), blocks, block_dims, i)
+    krad_star_update_from_blocks(decay_inverse(s, options.beta_2), blocks.clone(), block_dims, i)
 }
 
-/// `P = S^(1/(2k))`.
-fn root_spec(rank: usize) -> RootSpec {
+/// `P = S^(1/(2k))` for merged rank `k`, at every refresh.
+pub(crate) fn root_spec(rank: usize, _tau: usize, _options: &Options) -> RootSpec {
     RootSpec::positive(2 * rank as u32)
 }

@@ -8,7 +8,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use super::engine::{Engine, ParamInput, SetState};
 use super::stacking::Stacking;
 use super::{ClassState, PreconditionerState};
-use crate::layout::{reshape, tail_rows, BlockLayout};
+use crate::layout::{reshape, rows_view, BlockLayout};
 
 /// KrADagrad*, KrADagrad or Shampoo as a Burn [`SimpleOptimizer`]: one state
 /// per parameter ([`PreconditionerState`]). Built by a config's `build()`,
@@ -31,7 +31,7 @@ impl PerParameterOptimizer {
     }
 
     /// The step on the parameter's `view` (its update's view: flat, or its
-    /// [`tail_rows`] view).
+    /// [`rows_view`] view).
     fn step_in_view<B: Backend, const D: usize, const T: usize>(
         &self,
         lr: f64,
@@ -104,7 +104,7 @@ impl<B: Backend> SimpleOptimizer<B> for PerParameterOptimizer {
         grad: Tensor<B, D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        match tail_rows(&tensor.dims()) {
+        match rows_view(&tensor.dims()) {
             None => {
                 let numel = tensor.shape().num_elements();
                 self.step_in_view(lr, tensor, grad, state, [numel])

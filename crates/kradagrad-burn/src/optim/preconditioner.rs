@@ -75,21 +75,26 @@ impl<B: Backend> StatisticsUpdate<B> {
     }
 }
 
+/// The update of one statistic of a batch of blocks: `(statistic, blocks,
+/// block_dims, dim, options)` to the new statistic.
+pub(crate) type StatisticUpdate<B> =
+    fn(Tensor<B, 3>, &Tensor<B, 2>, &[usize], usize, &Options) -> Tensor<B, 3>;
+
 /// The statistics update of the Kronecker-shaped optimizers (KrADagrad* and
 /// Shampoo): advances the step counter; on a statistics step (see
 /// [`kronecker_statistics_due`]) every statistic of every group is replaced by
-/// `update(statistic, blocks, block_dims, dim)`; every root is due each
-/// `preconditioning_compute_steps`, as `root_spec(tau)` of the statistics
-/// (`tau` the step counter after the increment); the direction preconditions
-/// every mode from `start_preconditioning_step` on.
+/// `update(statistic, blocks, block_dims, dim, options)`; every root is due
+/// each `preconditioning_compute_steps`, as `root_spec(rank, tau, options)`
+/// of the statistics (`tau` the step counter after the increment); the
+/// direction preconditions every mode from `start_preconditioning_step` on.
 pub(crate) fn update_every_dim<B: Backend>(
     options: &Options,
     rank: usize,
     block_dims: &[&[usize]],
     factors: ClassFactors<'_, B>,
     blocks: &[Tensor<B, 2>],
-    update: impl Fn(Tensor<B, 3>, &Tensor<B, 2>, &[usize], usize) -> Tensor<B, 3>,
-    root_spec: impl FnOnce(usize) -> RootSpec,
+    update: StatisticUpdate<B>,
+    root_spec: fn(usize, usize, &Options) -> RootSpec,
 ) -> StatisticsUpdate<B> {
     let statistics_due = kronecker_statistics_due(*factors.step, options);
     *factors.step += 1;
@@ -98,7 +103,7 @@ pub(crate) fn update_every_dim<B: Backend>(
     if statistics_due {
         for ((group, dims), b) in factors.groups.iter_mut().zip(block_dims).zip(blocks) {
             for (i, statistic) in group.statistics.iter_mut().enumerate() {
-                *statistic = update(statistic.clone(), b, dims, i);
+                *statistic = update(statistic.clone(), b, dims, i, options);
             }
         }
         written.fill(true);
@@ -107,7 +112,7 @@ pub(crate) fn update_every_dim<B: Backend>(
         .is_multiple_of(options.preconditioning_compute_steps)
         .then(|| RootRefresh {
             dims: vec![true; rank],
-            spec: root_spec(tau),
+            spec: root_spec(rank, tau, options),
         });
     let direction = match tau < options.start_preconditioning_step {
         true => Direction::Gradient,

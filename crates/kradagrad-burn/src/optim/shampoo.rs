@@ -8,7 +8,6 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
-use super::preconditioner::{update_every_dim, ClassFactors, StatisticsUpdate};
 use crate::config::Options;
 use crate::layout::mode_gram;
 use crate::roots::RootSpec;
@@ -18,38 +17,25 @@ pub(crate) fn initial_scale(options: &Options) -> f64 {
     options.matrix_eps
 }
 
-/// The statistics update of one class: every statistic from the raw
-/// gradient's mode Grams, every inverse root due together.
-pub(crate) fn update_statistics<B: Backend>(
+/// `L = beta_2 L + w Gram_i(G)`, `w = 1` when `beta_2 == 1` and `1 - beta_2`
+/// otherwise, for the mode-`i` statistics of a batch of gradient blocks.
+pub(crate) fn update_statistic<B: Backend>(
+    l: Tensor<B, 3>,
+    blocks: &Tensor<B, 2>,
+    block_dims: &[usize],
+    i: usize,
     options: &Options,
-    dims: &[usize],
-    block_dims: &[&[usize]],
-    factors: ClassFactors<'_, B>,
-    blocks: &[Tensor<B, 2>],
-) -> StatisticsUpdate<B> {
-    let rank = dims.len();
-    update_every_dim(
-        options,
-        rank,
-        block_dims,
-        factors,
-        blocks,
-        |l, b, bd, i| update_statistic(l, mode_gram(b.clone(), bd, i), options.beta_2),
-        |tau| root_spec(rank, options, tau / options.statistics_compute_steps),
-    )
-}
-
-/// `L = beta_2 L + w Gram`, `w = 1` when `beta_2 == 1` and `1 - beta_2` otherwise.
-fn update_statistic<B: Backend>(l: Tensor<B, 3>, gram: Tensor<B, 3>, beta_2: f64) -> Tensor<B, 3> {
-    if beta_2 < 1.0 {
-        l.mul_scalar(beta_2) + gram.mul_scalar(1.0 - beta_2)
-    } else {
-        l + gram
+) -> Tensor<B, 3> {
+    let gram = mode_gram(blocks.clone(), block_dims, i);
+    match options.beta_2 < 1.0 {
+        true => l.mul_scalar(options.beta_2) + gram.mul_scalar(1.0 - options.beta_2),
+        false => l + gram,
     }
 }
 
-/// `P = (L + r I)^(-1/(2k))` (or `-1/override`) after `updates` statistics
-/// updates, eigenvalues clamped below at `eps` by the eigendecomposition.
+/// `P = (L + r I)^(-1/(2k))` (or `-1/override`) at step counter `tau`, after
+/// `updates = tau / statistics_compute_steps` statistics updates, eigenvalues
+/// clamped below at `eps` by the eigendecomposition.
 ///
 /// The ridge `r = max(0, eps / 2 - beta_2^updates eps)` keeps the root
 /// bounded under EMA statistics: `L` starts at `eps I` and decays by `beta_2`
@@ -62,7 +48,8 @@ fn update_statistic<B: Backend>(l: Tensor<B, 3>, gram: Tensor<B, 3>, beta_2: f64
 /// an eigenvalue the gradient does reach by at most `eps / 2`: against the
 /// reference's clamp at `eps`, half the shift a full floor at `eps` would
 /// make (docs/algorithm.md, "EMA statistics").
-fn root_spec(rank: usize, options: &Options, updates: usize) -> RootSpec {
+pub(crate) fn root_spec(rank: usize, tau: usize, options: &Options) -> RootSpec {
+    let updates = tau / options.statistics_compute_steps;
     let order = options.inverse_exponent_override.unwrap_or(2 * rank as u32);
     let decayed = options.beta_2.powi(updates.min(i32::MAX as usize) as i32);
     RootSpec {
