@@ -277,7 +277,7 @@ macro_rules! optimizer_config {
             #[config(default = 1e-6)]
             pub matrix_eps: f64,
             /// Largest block side; bigger merged dims are split into blocks of this size
-            /// (docs/algorithm.md, "Shapes"). `None` means no blocking (and no merging).
+            /// (docs/algorithm.md, "Shapes, blocks and batching"). `None` means no blocking (and no merging).
             /// Default: `Some(128)`.
             #[config(default = "Some(128)")]
             pub block_size: Option<usize>,
