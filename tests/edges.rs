@@ -422,3 +422,48 @@ fn a_parked_parameter_survives_a_checkpoint() {
     resumed.extend(three_steps(model, &mut loaded, 5..8).1);
     assert_eq!(resumed, straight);
 }
+
+// ---------------------------------------------------------------- gradient clipping
+
+/// A config's `grad_clipping` is applied as Burn applies its optimizers':
+/// `init()` is `OptimizerAdaptor::with_grad_clipping` and `init_batched()`
+/// is `BatchedOptimizer::with_grad_clipping`, bitwise, and the clipping
+/// changes the run (the gradients of this problem are far above the bound).
+#[test]
+fn grad_clipping_from_the_config_is_burns() {
+    use burn::grad_clipping::GradientClippingConfig;
+    use burn::optim::adaptor::OptimizerAdaptor;
+    use kradagrad_burn_suite::mlp::regression_data;
+
+    let device = Default::default();
+    let data = regression_data::<AB>(32, 4, 2, 3, &device);
+    let start = Mlp::<AB>::new(&[4, 16, 2], &device);
+    let config = KradagradStarConfig::new()
+        .with_block_size(Some(8))
+        .with_preconditioning_compute_steps(2);
+    for clipping in [
+        GradientClippingConfig::Norm(0.01),
+        GradientClippingConfig::Value(0.001),
+    ] {
+        let clipped = config.clone().with_grad_clipping(Some(clipping.clone()));
+        let by_hand = OptimizerAdaptor::from(config.build()).with_grad_clipping(clipping.init());
+        let (_, _, from_config) = train(start.clone(), clipped.init::<AB, Mlp<AB>>(), &data, 0.05, 6);
+        let (_, _, expected) = train(start.clone(), by_hand, &data, 0.05, 6);
+        assert_eq!(from_config, expected, "init() with {clipping:?}");
+        let (_, _, unclipped) = train(start.clone(), config.init::<AB, Mlp<AB>>(), &data, 0.05, 6);
+        assert_ne!(from_config, unclipped, "{clipping:?} must change the run");
+
+        let by_hand = config
+            .init_batched::<AB, Mlp<AB>>()
+            .with_grad_clipping(clipping.init());
+        let (_, _, from_config) = train(
+            start.clone(),
+            clipped.init_batched::<AB, Mlp<AB>>(),
+            &data,
+            0.05,
+            6,
+        );
+        let (_, _, expected) = train(start.clone(), by_hand, &data, 0.05, 6);
+        assert_eq!(from_config, expected, "init_batched() with {clipping:?}");
+    }
+}
