@@ -1,7 +1,7 @@
 //! Small gradient transformations shared by all three optimizers, in the
 //! spirit of optax: grafting, weight decay and momentum (docs/algorithm.md,
 //! "Shared transforms"), each a plain function of tensors and its own state,
-//! and [`update_parameter`], the step's tail that composes them.
+//! and `update_parameter`, the step's tail that composes them.
 
 use burn::tensor::{backend::Backend, Tensor};
 

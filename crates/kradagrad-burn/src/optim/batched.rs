@@ -25,7 +25,7 @@
 //! optimizer's own stacked layout (its [`BatchedState`] record is not
 //! interchangeable with `OptimizerAdaptor`'s); all parameters must live on
 //! one device; and under
-//! [`NonFiniteGradients::Skip`] a NaN or Inf in any gradient, or a model
+//! [`NonFiniteGradients::Skip`](crate::NonFiniteGradients::Skip) a NaN or Inf in any gradient, or a model
 //! gradient whose squared norm overflows, skips the whole step for every
 //! parameter (as mixed-precision loss scaling does), because
 //! the parameters share factor tensors.
