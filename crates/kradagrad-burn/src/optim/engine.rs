@@ -269,11 +269,10 @@ impl Engine {
         if params.len() <= stacking.num_batches() {
             // A KrAD statistics update reads the whole gradient first; the
             // probe then comes after the direction, where it is one kernel.
-            let late = stacking
+            let late = state
                 .classes
                 .iter()
-                .zip(&state.classes)
-                .any(|(_, class)| self.algorithm.krad_update_due(class.step, &self.options));
+                .any(|class| self.algorithm.krad_update_due(class.step, &self.options));
             return StepGuard::per_parameter(params, late, dtype);
         }
         let rank_0 = params
