@@ -42,7 +42,6 @@ pub(crate) struct ParamInput<B: Backend, const T: usize> {
 /// What a step reads and writes besides the parameters: the factors of each
 /// class of the set's [`Stacking`] and each parameter's buffers, in the
 /// parameters' view.
-#[derive(Clone)]
 pub(crate) struct SetState<B: Backend, const T: usize> {
     /// The stacked factors, one entry per class.
     pub classes: Vec<ClassState<B>>,
@@ -100,7 +99,8 @@ impl Engine {
                 guard::panic_if_set(guard::unusable_gradient(&p.grad), &p.shape);
             }
         }
-        let old = state.clone();
+        // The factors before the step, for the guard's rollback of the statistics.
+        let old = state.classes.clone();
         let steps = parameter_steps(state, stacking);
         state.steps += 1;
         let mut guard = self.guard(params, stacking, state);
@@ -388,16 +388,13 @@ fn parameter_steps<B: Backend, const T: usize>(state: &SetState<B, T>, stacking:
 fn keep_statistics_if<B: Backend, const T: usize>(
     verdict: &Rollback<B>,
     state: &mut SetState<B, T>,
-    old: &SetState<B, T>,
+    old: &[ClassState<B>],
     updates: &mut [ClassUpdate<B>],
 ) {
-    let written: Vec<_> = updates
-        .iter_mut()
-        .map(|u| std::mem::take(&mut u.update.written))
-        .collect();
+    let written: Vec<_> = updates.iter().map(|u| u.update.written.clone()).collect();
     keep_statistics_written(verdict, state, old, &written);
-    for (u, w) in updates.iter_mut().zip(written) {
-        u.update.written = vec![false; w.len()];
+    for u in updates {
+        u.update.written.fill(false);
     }
 }
 
@@ -407,10 +404,10 @@ fn keep_statistics_if<B: Backend, const T: usize>(
 fn keep_statistics_written<B: Backend, const T: usize>(
     verdict: &Rollback<B>,
     state: &mut SetState<B, T>,
-    old: &SetState<B, T>,
+    old: &[ClassState<B>],
     written: &[Vec<bool>],
 ) {
-    for ((class, old_class), written) in state.classes.iter_mut().zip(&old.classes).zip(written) {
+    for ((class, old_class), written) in state.classes.iter_mut().zip(old).zip(written) {
         for (group, old_group) in class.groups.iter_mut().zip(&old_class.groups) {
             keep_group_statistics(verdict, group, old_group, written);
         }
