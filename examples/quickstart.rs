@@ -11,6 +11,7 @@ use burn::nn::{Linear, LinearConfig, Relu};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::tensor::{backend::Backend, Distribution, Tensor};
 use kradagrad_burn::{KradagradConfig, KradagradStarConfig, ShampooConfig};
+use kradagrad_burn_suite::cli::{exit_with_usage, flag_pairs, print_help_if_asked, value_or_usage};
 
 type B = Autodiff<NdArray<f32>>;
 
@@ -67,20 +68,32 @@ fn train<O: Optimizer<Mlp<B>, B>>(mut optimizer: O, lr: f64, steps: usize) {
     }
 }
 
+/// `--help`: what the example does, its flags and their defaults.
+const HELP: &str = "\
+quickstart: the smallest training loop. A 2-64-64-1 MLP regresses sin(3 x0) + x1^2
+on burn-ndarray with one optimizer at the library's defaults, printing the loss
+every few steps.
+
+usage: quickstart [--optimizer kradagrad-star|kradagrad|shampoo|adam] [--steps N]
+
+  --optimizer NAME   [kradagrad-star]
+  --steps N          [300]
+  -h, --help         this text
+";
+
+fn usage() -> ! {
+    exit_with_usage(HELP)
+}
+
 fn main() {
     let mut optimizer = "kradagrad-star".to_string();
     let mut steps = 300usize;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        match (pair[0].as_str(), pair.get(1)) {
-            ("--optimizer", Some(v)) => optimizer = v.clone(),
-            ("--steps", Some(v)) => steps = v.parse().expect("--steps takes a number"),
-            _ => {
-                eprintln!(
-                    "usage: quickstart [--optimizer kradagrad-star|kradagrad|shampoo|adam] [--steps N]"
-                );
-                std::process::exit(2);
-            }
+    print_help_if_asked(HELP);
+    for (flag, value) in flag_pairs().unwrap_or_else(|| usage()) {
+        match flag.as_str() {
+            "--optimizer" => optimizer = value,
+            "--steps" => steps = value_or_usage(&value, usage),
+            _ => usage(),
         }
     }
     B::seed(&Default::default(), 42);
@@ -93,7 +106,7 @@ fn main() {
         "adam" => train(AdamConfig::new().init(), 0.01, steps),
         other => {
             eprintln!("unknown optimizer {other}");
-            std::process::exit(2);
+            usage();
         }
     }
 }

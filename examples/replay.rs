@@ -18,6 +18,7 @@
 //! It refuses to write bounds for a case that fails the format's tolerance.
 
 use kradagrad_burn::RootMethod;
+use kradagrad_burn_suite::cli::exit_with_usage;
 use kradagrad_burn_suite::replay::{
     bound_from_error, bound_key, format_tolerance, replay, root_name, Outcome, ReplayOptions, VectorFile,
     NDARRAY, ROOT_METHODS, WGPU,
@@ -56,7 +57,10 @@ fn main() {
                         .unwrap_or_else(|| usage("--write-bounds needs a path")),
                 )
             }
-            "-h" | "--help" => usage(""),
+            "-h" | "--help" => {
+                println!("{}", HELP.trim_end());
+                std::process::exit(0)
+            }
             _ if file.is_none() => file = Some(arg),
             _ => usage(&format!("unexpected argument {arg}")),
         }
@@ -158,12 +162,26 @@ fn f32_first(vectors: &VectorFile) -> impl Iterator<Item = usize> {
     order.into_iter()
 }
 
+/// `--help`: what the example does, its flags and their defaults.
+const HELP: &str = "\
+replay: replays trajectories from the authors' implementation (a reference-vector
+JSON file, such as tests/data/reference_vectors.json) through the public API. Prints
+one line per case and 'N passed, M failed'; exits with 1 if any case failed.
+
+usage: replay FILE.json [--root newton|eigh|eigh-f64] [--newton-iterations N] [--backend ndarray|wgpu]
+       replay FILE.json [--backend ndarray|wgpu] --write-bounds OUT.json
+
+  --root METHOD            [newton] the root method
+  --newton-iterations N    [40] cap per Newton stage
+  --backend ndarray|wgpu   [ndarray]
+  --write-bounds OUT.json  replay with every root method and write the file again
+                           with each case's bounds (100x the error measured)
+  -h, --help               this text
+";
+
 fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("error: {problem}");
     }
-    eprintln!(
-        "usage: replay FILE.json [--root newton|eigh|eigh-f64] [--newton-iterations N] [--backend ndarray|wgpu] [--write-bounds OUT.json]"
-    );
-    std::process::exit(2)
+    exit_with_usage(HELP)
 }

@@ -9,20 +9,31 @@
 
 use burn::backend::NdArray;
 use kradagrad_burn::RootMethod;
+use kradagrad_burn_suite::cli::{exit_with_usage, flag_pairs, print_help_if_asked};
 use kradagrad_burn_suite::spd::{newton_error, root_error};
+
+/// `--help`: what the example does, its flags and their defaults.
+const HELP: &str = "\
+root_accuracy: the accuracy of the matrix roots (device Newton iterations, and host
+eigendecompositions) against an f64 oracle on random SPD matrices, by dtype, root
+and condition number; prints the markdown tables docs/algorithm.md quotes.
+
+usage: root_accuracy [--size N] [--iterations N]
+
+  --size N         [64] matrix size
+  --iterations N   [40] cap on the Newton iterations per stage
+  -h, --help       this text
+";
 
 fn main() {
     let mut size = 64;
     let mut iterations = 40;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    for pair in args.chunks(2) {
-        match (pair[0].as_str(), pair.get(1).and_then(|v| v.parse().ok())) {
+    print_help_if_asked(HELP);
+    for (flag, value) in flag_pairs().unwrap_or_else(|| exit_with_usage(HELP)) {
+        match (flag.as_str(), value.parse().ok()) {
             ("--size", Some(v)) => size = v,
             ("--iterations", Some(v)) => iterations = v,
-            _ => {
-                eprintln!("usage: root_accuracy [--size N] [--iterations N]");
-                std::process::exit(2);
-            }
+            _ => exit_with_usage(HELP),
         }
     }
     println!(

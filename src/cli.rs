@@ -1,5 +1,20 @@
 //! The examples' tiny command-line parsing: `--flag value` pairs.
 
+/// Prints `help` (what the example does, its flags and their defaults) and
+/// exits with status 0 when an argument is `--help` or `-h`.
+pub fn print_help_if_asked(help: &str) {
+    if std::env::args().skip(1).any(|a| a == "--help" || a == "-h") {
+        println!("{}", help.trim_end());
+        std::process::exit(0);
+    }
+}
+
+/// Prints `help` to stderr after a bad argument and exits with status 2.
+pub fn exit_with_usage(help: &str) -> ! {
+    eprintln!("{}", help.trim_end());
+    std::process::exit(2)
+}
+
 /// The arguments as `(flag, value)` pairs; `None` when one is missing its value.
 pub fn flag_pairs() -> Option<Vec<(String, String)>> {
     let raw: Vec<String> = std::env::args().skip(1).collect();

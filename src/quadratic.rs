@@ -1,4 +1,4 @@
-//! The paper's ill-conditioned synthetic problem (ALGORITHM.md section 8):
+//! The paper's ill-conditioned synthetic problem (its section 8):
 //! `f(X) = sum(X .* (H0 X H1))` with `H_i = Q_i diag(lambda) Q_i^T`, used by
 //! `examples/ill_conditioned.rs` and benchmarked by `benches/step.rs`.
 

@@ -1,6 +1,5 @@
 //! Accuracy of the matrix roots against an f64 eigendecomposition oracle on
-//! random SPD matrices (relative spectral-norm error), with the bounds of the
-//! core-library issue:
+//! random SPD matrices (relative spectral-norm error), within these bounds:
 //! - f64, positive and inverse roots, p = 2, 4, 6, 8, condition up to 1e8: <= 1e-8;
 //! - f32 positive 4th root: <= 1e-4 at condition 1e4, <= 1e-2 at 1e8 (at d = 32;
 //!   see the test's comment for other sizes);
@@ -48,9 +47,9 @@ fn worst_f32_fourth_root_at_1e8(d: usize, method: RootMethod) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// At condition 1e8 an fp32 4th root sits on the fp32 floor (ALGORITHM.md
-/// section 7: about 1e-2 whatever the method), which grows with the size. The
-/// issue's bound (<= 1e-2) is checked at d = 32 over six seeds; at the other
+/// At condition 1e8 an fp32 4th root sits on the fp32 floor (about 1e-2
+/// whatever the method: docs/algorithm.md, "Measured
+/// accuracy"), which grows with the size. The bound (<= 1e-2) is checked at d = 32 over six seeds; at the other
 /// sizes the device iteration must stay within 2.5x of what an fp32
 /// eigendecomposition achieves on the same matrices (docs/algorithm.md has the
 /// table).

@@ -50,6 +50,16 @@ impl std::error::Error for ConfigError {}
 /// `D * ||graft|| / (||D|| + 1e-16)`. Before preconditioning starts, and for a
 /// parameter that is not preconditioned, the step is the gradient rescaled
 /// to that norm (Adam's direction itself for [`Grafting::BiasCorrectedAdam`]).
+///
+/// ```
+/// use kradagrad_burn::{Grafting, KradagradStarConfig};
+///
+/// // Steps as long as Adam's (with Adam's beta_2 and epsilon); `None` takes
+/// // the preconditioner's own step length.
+/// let config = KradagradStarConfig::new()
+///     .with_grafting(Some(Grafting::BiasCorrectedAdam { beta_2: 0.999, epsilon: 1e-8 }));
+/// assert!(config.validate().is_ok());
+/// ```
 #[derive(Config, Debug, Copy, PartialEq)]
 pub enum Grafting {
     /// The norm of the raw gradient (SGD's step size).
@@ -108,6 +118,17 @@ pub enum MomentumForm {
 /// Momentum of the step. Burn's own `MomentumConfig` has a `dampening` and a
 /// `nesterov` flag; here the four forms, which exclude each other, are one
 /// [`MomentumForm`].
+///
+/// ```
+/// use kradagrad_burn::{KradagradConfig, MomentumConfig, MomentumForm};
+///
+/// let momentum = MomentumConfig::new().with_momentum(0.95).with_form(MomentumForm::Nesterov);
+/// let config = KradagradConfig::new().with_momentum(Some(momentum));
+/// assert!(config.validate().is_ok());
+/// // Out of range: the error names the field.
+/// let bad = KradagradConfig::new().with_momentum(Some(MomentumConfig::new().with_momentum(1.5)));
+/// assert!(bad.validate().unwrap_err().to_string().contains("momentum.momentum"));
+/// ```
 #[derive(Config, Debug, Copy, PartialEq)]
 pub struct MomentumConfig {
     /// Momentum `mu` in `[0, 1)`; `0` keeps no buffer. Default: `0.9`.
@@ -129,6 +150,15 @@ pub enum WeightDecayStyle {
 }
 
 /// Weight decay of the step (Burn's `WeightDecayConfig`, with a style).
+///
+/// ```
+/// use kradagrad_burn::{ShampooConfig, WeightDecayConfig, WeightDecayStyle};
+///
+/// // AdamW-style decay of 1e-4, applied before the update.
+/// let decay = WeightDecayConfig::new(1e-4).with_style(WeightDecayStyle::Decoupled);
+/// let config = ShampooConfig::new().with_weight_decay(Some(decay));
+/// assert!(config.validate().is_ok());
+/// ```
 #[derive(Config, Debug, Copy, PartialEq)]
 pub struct WeightDecayConfig {
     /// The decay factor, non-negative (Burn's name).

@@ -14,6 +14,19 @@ use crate::krad::{symmetrize, symmetrize_scaled};
 use crate::layout::{stack, unstack};
 
 /// How the optimizers compute matrix roots.
+///
+/// ```
+/// use kradagrad_burn::{KradagradStarConfig, RootMethod};
+///
+/// // On a GPU: coupled Newton iterations on the device (the default), here
+/// // stopping a stage once every matrix has converged (a flag read back
+/// // every 2 iterations).
+/// let gpu = KradagradStarConfig::new().with_newton_convergence_check(Some(2));
+/// assert_eq!(gpu.root_method, RootMethod::Newton);
+/// // On a CPU, with the `eigh` feature: a host eigendecomposition per factor.
+/// # #[cfg(feature = "eigh")]
+/// let cpu = KradagradStarConfig::new().with_root_method(RootMethod::Eigh);
+/// ```
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum RootMethod {
     /// Coupled Newton iterations on the device, in the backend's float type

@@ -13,6 +13,24 @@ use crate::layout::{reshape, rows_view, BlockLayout};
 /// KrADagrad*, KrADagrad or Shampoo as a Burn [`SimpleOptimizer`]: one state
 /// per parameter ([`PreconditionerState`]). Built by a config's `build()`,
 /// or wrapped for a module by its `init()`.
+///
+/// ```
+/// use burn::backend::NdArray;
+/// use burn::optim::SimpleOptimizer;
+/// use burn::tensor::{Distribution, Tensor};
+/// use kradagrad_burn::{KradagradStarConfig, PerParameterOptimizer};
+///
+/// type B = NdArray<f32>;
+/// let device = Default::default();
+/// let optimizer: PerParameterOptimizer = KradagradStarConfig::new().build();
+/// let weight = Tensor::<B, 2>::random([6, 4], Distribution::Default, &device);
+/// let grad = Tensor::<B, 2>::random([6, 4], Distribution::Default, &device);
+/// // One step on one tensor, as Burn's `OptimizerAdaptor` calls it.
+/// let (weight, state) = optimizer.step(0.1, weight, grad, None);
+/// let state = state.expect("a state after the first step");
+/// assert_eq!(state.step, 1);
+/// assert_eq!(weight.dims(), [6, 4]);
+/// ```
 #[derive(Clone, Debug)]
 pub struct PerParameterOptimizer {
     engine: Engine,
