@@ -31,5 +31,6 @@ runs=("$@")
   b_wgsl:step-wgsl:quadratic:30:60
   c_wgsl:step-wgsl:scaling:20:120
   a_vk:step-vk:autoencoder:300:200
+  f_wgsl:step-wgsl:sizes:20:300
 )
 for r in "${runs[@]}"; do IFS=: read -r name bin groups steps limit <<< "$r"; run "$name" "$bin" "$groups" "$steps" "$limit"; done
