@@ -355,7 +355,6 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
     // VM's moved Adam by 23% between runs) shifts a row and its reference
     // together.
     let mut baseline = bench.baseline();
-    let bracket = |baseline: &mut Baseline| bench.around(baseline);
     report.line(format!(
         "\n### (a) Autoencoder 784-1000-500-250-30 mirrored, batch {BATCH}, block 250, {params} parameters ({backend})\n"
     ));
@@ -400,7 +399,7 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
                     .with_preconditioning_compute_steps(roots);
                 let (time, bytes) =
                     bench.optimizer_step(&format!("{} {setting}", $label), roots, config.$init::<B, Mlp<B>>());
-                let around = bracket(&mut baseline);
+                let around = bench.around(&mut baseline);
                 row_line($label, setting, time, around, Some(bytes));
             }};
         }
@@ -449,7 +448,7 @@ fn autoencoder<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &m
         .with_block_size(Some(250))
         .with_preconditioning_compute_steps(1_000_000_000);
     let (time, _) = bench.optimizer_step("KrADagrad* no root refresh", 20, config.init::<B, Mlp<B>>());
-    let around = bracket(&mut baseline);
+    let around = bench.around(&mut baseline);
     row_line("KrADagrad*", "no root refresh (stats 1)", time, around, None);
 }
 
@@ -519,13 +518,8 @@ fn sizes<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Rep
         let params = bench.model.num_params();
         let adam_state = bench.adam_state_bytes();
         let mut baseline = bench.baseline();
-        let mut row = |label: &str,
-                       setting: &str,
-                       block: usize,
-                       time: Duration,
-                       baseline: &mut Baseline,
-                       bytes: f64| {
-            let around = bench.around(baseline);
+        let mut row = |label: &str, setting: &str, block: usize, time: Duration, bytes: f64| {
+            let around = bench.around(&mut baseline);
             let shapes = distinct_block_shapes(dims, block);
             report.line(format!(
                 "| {name} | {params} | {shapes} | {label} | {setting} | {} |",
@@ -541,21 +535,18 @@ fn sizes<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Rep
             let config = KradagradStarConfig::new()
                 .with_statistics_compute_steps(stats)
                 .with_preconditioning_compute_steps(roots);
-            if row_selected("KrADagrad*") {
-                let (time, bytes) = bench.optimizer_step(
-                    &format!("KrADagrad* {setting}"),
-                    roots,
-                    config.init::<B, Mlp<B>>(),
-                );
-                row("KrADagrad*", setting, 128, time, &mut baseline, bytes);
-            }
-            if row_selected("KrADagrad* (batched)") {
-                let (time, bytes) = bench.optimizer_step(
-                    &format!("KrADagrad* (batched) {setting}"),
-                    roots,
-                    config.init_batched::<B, Mlp<B>>(),
-                );
-                row("KrADagrad* (batched)", setting, 128, time, &mut baseline, bytes);
+            // Both front ends: per parameter, then the whole model.
+            for (label, batched) in [("KrADagrad*", false), ("KrADagrad* (batched)", true)] {
+                if !row_selected(label) {
+                    continue;
+                }
+                let timed = format!("{label} {setting}");
+                let (time, bytes) = if batched {
+                    bench.optimizer_step(&timed, roots, config.init_batched::<B, Mlp<B>>())
+                } else {
+                    bench.optimizer_step(&timed, roots, config.init::<B, Mlp<B>>())
+                };
+                row(label, setting, 128, time, bytes);
             }
         }
         // Larger blocks on the widest model, in the amortized setting.
@@ -571,7 +562,7 @@ fn sizes<B: AutodiffBackend>(backend: &str, device: &B::Device, report: &mut Rep
             let label = format!("KrADagrad* block {block}");
             let (time, bytes) =
                 bench.optimizer_step(&format!("{label} {setting}"), roots, config.init::<B, Mlp<B>>());
-            row(&label, setting, block, time, &mut baseline, bytes);
+            row(&label, setting, block, time, bytes);
         }
     }
 }

@@ -205,7 +205,7 @@ fn gpu_available(asked: bool) -> bool {
             println!(
                 "wgpu: no usable GPU adapter ({}), running the CPU part only \
                  (for a software Vulkan driver: apt-get install mesa-vulkan-drivers libvulkan1)",
-                first_line(&reason)
+                first_clause(&reason)
             );
             false
         }
@@ -217,15 +217,11 @@ fn gpu_available(asked: bool) -> bool {
     }
 }
 
-/// The first clause of a runtime's panic message: without the "panicked at
-/// FILE:LINE" prefix, the lines after it and the debug dump after a colon.
+/// The first clause of a runtime's panic message: without the lines after it
+/// and the debug dump after a colon.
 #[cfg(feature = "wgpu")]
-fn first_line(message: &str) -> &str {
-    let cause = match message.split_once(":\n") {
-        Some((head, tail)) if head.starts_with("panicked at") => tail,
-        _ => message,
-    };
-    let line = cause.lines().next().unwrap_or(cause);
+fn first_clause(message: &str) -> &str {
+    let line = message.lines().next().unwrap_or(message);
     let end = [". ", ": ", " {"]
         .iter()
         .filter_map(|stop| line.find(stop))
@@ -292,7 +288,6 @@ fn main() {
         (format!("{name} wgpu"), vec![]),
         ("Adam ndarray".to_string(), vec![]),
     ];
-    let mut first_last = [None::<(f64, f64)>; 3];
     for epoch in 1..=args.epochs {
         let rows = [
             cpu.as_mut().map(|r| r.epoch(&bar)),
@@ -302,7 +297,6 @@ fn main() {
         for (i, row) in rows.iter().enumerate() {
             if let Some((l, _)) = row {
                 curves[i].1.push(((epoch * STEPS_PER_EPOCH) as f64, *l));
-                first_last[i] = Some((first_last[i].map_or(*l, |f| f.0), *l));
             }
         }
         let diff = match (rows[0], rows[1]) {
@@ -320,8 +314,8 @@ fn main() {
         ));
     }
     bar.finish_and_clear();
-    for ((label, _), span) in curves.iter().zip(first_last) {
-        if let Some((first, last)) = span {
+    for (label, points) in &curves {
+        if let (Some(&(_, first)), Some(&(_, last))) = (points.first(), points.last()) {
             println!(
                 "{label}: mean loss {first:.4} in the first epoch, {last:.4} in the last ({:.1}x lower)",
                 first / last

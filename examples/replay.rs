@@ -18,13 +18,14 @@
 //! It refuses to write bounds for a case that fails the format's tolerance.
 
 use kradagrad_burn::RootMethod;
-use kradagrad_burn_suite::cli::exit_with_usage;
+use kradagrad_burn_suite::cli::{exit_with_usage, print_help_if_asked};
 use kradagrad_burn_suite::replay::{
     bound_from_error, bound_key, format_tolerance, replay, root_name, Outcome, ReplayOptions, VectorFile,
     NDARRAY, ROOT_METHODS, WGPU,
 };
 
 fn main() {
+    print_help_if_asked(HELP);
     let mut args = std::env::args().skip(1);
     let mut file = None;
     let mut write_bounds = None;
@@ -56,10 +57,6 @@ fn main() {
                     args.next()
                         .unwrap_or_else(|| usage("--write-bounds needs a path")),
                 )
-            }
-            "-h" | "--help" => {
-                println!("{}", HELP.trim_end());
-                std::process::exit(0)
             }
             _ if file.is_none() => file = Some(arg),
             _ => usage(&format!("unexpected argument {arg}")),

@@ -14,7 +14,12 @@ pub fn try_quietly<T>(probe: impl FnOnce() -> T + std::panic::UnwindSafe) -> Res
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let mut slot = sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        slot.get_or_insert_with(|| info.to_string());
+        // The message itself, without the "panicked at FILE:LINE" that
+        // `to_string` puts before it (kept for a payload that is not text).
+        slot.get_or_insert_with(|| {
+            info.payload_as_str()
+                .map_or_else(|| info.to_string(), str::to_string)
+        });
     }));
     let result = std::panic::catch_unwind(probe);
     std::panic::set_hook(hook);
