@@ -5,6 +5,7 @@ pub mod backends;
 pub mod cli;
 pub mod datasets;
 pub mod mlp;
+pub mod parallel;
 pub mod quadratic;
 pub mod replay;
 pub mod report;

@@ -105,6 +105,17 @@ pub fn regression_data<B: Backend>(
     seed: u64,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let (x, y) = regression_values(n, inputs, outputs, seed);
+    let dtype = float_dtype::<B>();
+    (
+        Tensor::from_data(TensorData::new(x, [n, inputs]), (device, dtype)),
+        Tensor::from_data(TensorData::new(y, [n, outputs]), (device, dtype)),
+    )
+}
+
+/// [`regression_data`]'s numbers on the host: `n * inputs` inputs and
+/// `n * outputs` targets, row-major.
+pub fn regression_values(n: usize, inputs: usize, outputs: usize, seed: u64) -> (Vec<f64>, Vec<f64>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let x: Vec<f64> = (0..n * inputs).map(|_| rng.random_range(-1.0..1.0)).collect();
     let w: Vec<f64> = (0..inputs * outputs)
@@ -121,11 +132,7 @@ pub fn regression_data<B: Backend>(
             })
         })
         .collect();
-    let dtype = float_dtype::<B>();
-    (
-        Tensor::from_data(TensorData::new(x, [n, inputs]), (device, dtype)),
-        Tensor::from_data(TensorData::new(y, [n, outputs]), (device, dtype)),
-    )
+    (x, y)
 }
 
 /// Reads a one-element tensor (a host synchronisation: for examples and tests).

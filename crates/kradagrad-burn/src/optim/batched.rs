@@ -24,7 +24,9 @@
 //! Differences from the per-parameter path: the factors live in the
 //! optimizer's own stacked layout (its [`BatchedState`] record is not
 //! interchangeable with `OptimizerAdaptor`'s); all parameters must live on
-//! one device; and under
+//! one device (under burn-train's `MultiDeviceOptim::OptimSharded`, whose
+//! gradients arrive spread over the devices, [`Optimizer::step_multi`]
+//! gathers them onto the device of the state and steps there); and under
 //! [`NonFiniteGradients::Skip`](crate::NonFiniteGradients::Skip) a NaN or Inf in any gradient, or a model
 //! gradient whose squared norm overflows, skips the whole step for every
 //! parameter (as mixed-precision loss scaling does), because
@@ -570,7 +572,32 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
         self.restack(entries, own, kept, steps)
     }
 
-    fn step_common(&mut self, lr: LearningRate, module: M, mut grads: GradAdaptor) -> M
+    /// The device the state lives on, once there is one.
+    fn state_device(&self) -> Option<burn::tensor::Device<B::InnerBackend>> {
+        let state = self.state.as_ref()?;
+        let factor = state
+            .classes
+            .iter()
+            .flat_map(|class| &class.groups)
+            .flat_map(|group| &group.statistics)
+            .next()
+            .map(|t| t.device());
+        let buffer = || {
+            state
+                .graft
+                .iter()
+                .chain(&state.momentum)
+                .flatten()
+                .next()
+                .map(|t| t.device())
+        };
+        factor.or_else(buffer)
+    }
+
+    /// One step on the gradients `grads` holds. With `gather`, every
+    /// gradient and its parameter first move to one device: the state's, or
+    /// at the first step the first gradient's.
+    fn step_common(&mut self, lr: LearningRate, module: M, mut grads: GradAdaptor, gather: bool) -> M
     where
         M: AutodiffModule<B>,
     {
@@ -580,9 +607,19 @@ impl<M, B: AutodiffBackend> BatchedOptimizer<M, B> {
             entries: vec![],
         };
         module.visit(&mut collector);
-        let entries = collector.entries;
+        let mut entries = collector.entries;
         if entries.is_empty() {
             return module;
+        }
+        if gather {
+            let device = self
+                .state_device()
+                .unwrap_or_else(|| entries[0].input.grad.device());
+            for entry in &mut entries {
+                let input = &mut entry.input;
+                input.grad = input.grad.clone().to_device(&device);
+                input.param = input.param.clone().to_device(&device);
+            }
         }
         let device = entries[0].input.grad.device();
         if let Some(other) = entries.iter().find(|e| e.input.grad.device() != device) {
@@ -685,11 +722,16 @@ where
     type Record = BatchedState<B>;
 
     fn step(&mut self, lr: LearningRate, module: M, grads: GradientsParams) -> M {
-        self.step_common(lr, module, grads.into())
+        self.step_common(lr, module, grads.into(), false)
     }
 
+    /// The step under burn-train's `MultiDeviceOptim::OptimSharded`, whose
+    /// gradients arrive each on the device Burn assigns its parameter to:
+    /// they are gathered onto the device the state lives on and the step
+    /// runs there, since the stacks span parameters (the per-parameter front
+    /// end, `init()`, is the one that steps each parameter on its own device).
     fn step_multi(&mut self, lr: LearningRate, module: M, grads: MultiGradientsParams) -> M {
-        self.step_common(lr, module, grads.into())
+        self.step_common(lr, module, grads.into(), true)
     }
 
     fn to_record(&self) -> Self::Record {
