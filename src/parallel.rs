@@ -12,6 +12,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use burn::collective::{all_reduce, PeerId, ReduceOperation};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::InMemDataset;
@@ -20,7 +21,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsAccumulator, GradientsParams, MultiGradientsParams, Optimizer};
 use burn::prelude::DeviceOps;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn::train::{
     ExecutionStrategy, InferenceStep, Learner, RegressionOutput, SupervisedTraining, TrainOutput, TrainStep,
 };
@@ -635,4 +636,142 @@ where
     every_loop!("KrADagrad*", star, 0.05);
     every_loop!("Shampoo", shampoo, 0.05);
     gaps
+}
+
+/// Sums every gradient over the burn-collective peers, parameter by
+/// parameter in the module's visit order (the same on every replica, in
+/// every process), as `peer`.
+pub fn all_reduce_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+    grads: GradientsParams,
+    module: &M,
+    peer: usize,
+) -> GradientsParams {
+    struct Reduce {
+        grads: GradientsParams,
+        peer: PeerId,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Reduce {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                let primitive = grad.into_primitive().tensor();
+                let sum = all_reduce::<B::InnerBackend>(self.peer, primitive, ReduceOperation::Sum)
+                    .unwrap_or_else(|error| panic!("gradient all-reduce failed: {error:?}"));
+                let sum = Tensor::<B::InnerBackend, D>::from_primitive(TensorPrimitive::Float(sum));
+                self.grads.register(param.id, sum);
+            }
+        }
+    }
+    let mut reduce = Reduce {
+        grads,
+        peer: PeerId(peer as u32),
+    };
+    module.visit(&mut reduce);
+    reduce.grads
+}
+
+/// One replica of data-parallel training over burn-collective, as peer
+/// `peer` of `problem.shards`: it trains on its shard, sums the gradients
+/// (and the losses) over the peers every step, and steps its own copy of
+/// the model. The caller registers the peer with burn-collective first
+/// (the inner backend). Every replica ends with the same model.
+///
+/// With `problem.shards == 1` every replica trains on the one shard and
+/// sums nothing: the replicas hold the same gradients bit for bit, as after
+/// an all-reduce, without the all-reduce's order of additions.
+pub fn replica_run<B, O>(
+    problem: &Problem,
+    peer: usize,
+    mut model: Regressor<B>,
+    mut optimizer: O,
+    lr: f64,
+    state_of: impl Fn(&O, &Regressor<B>) -> Vec<Vec<f64>>,
+) -> Run
+where
+    B: AutodiffBackend,
+    O: Optimizer<Regressor<B>, B>,
+{
+    let batcher = SampleBatcher {
+        scale: problem.scale(),
+        log: LossLog::default(),
+    };
+    let samples = problem.sharded_samples(7);
+    let per_shard = problem.batch * problem.steps;
+    let device = model.devices()[0].clone();
+    let mut losses = vec![];
+    for k in 0..problem.steps {
+        let shard = peer % problem.shards;
+        let start = shard * per_shard + k * problem.batch;
+        let batch = batcher.batch(samples[start..start + problem.batch].to_vec(), &device);
+        let (loss, _) = model.loss(&batch);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut loss = loss.inner();
+        if problem.shards > 1 {
+            let total = all_reduce::<B::InnerBackend>(
+                PeerId(peer as u32),
+                loss.into_primitive().tensor(),
+                ReduceOperation::Sum,
+            )
+            .unwrap_or_else(|error| panic!("loss all-reduce failed: {error:?}"));
+            loss = Tensor::from_primitive(TensorPrimitive::Float(total));
+            grads = all_reduce_gradients(grads, &model, peer);
+        }
+        losses.push(scalar(loss));
+        model = optimizer.step(lr, model, grads);
+    }
+    Run {
+        state: state_of(&optimizer, &model),
+        params: module_values(&model),
+        losses,
+    }
+}
+
+/// `peers` replicas of [`replica_run`] on `device`, one thread each, from
+/// one initial model (built before the threads: Burn's seed is global to a
+/// backend), as one burn-collective session (registered here, finished
+/// after; the session of the inner backend is reset first).
+/// `optimizer(peer)` builds each replica's optimizer. Returns each
+/// replica's run, by peer.
+pub fn collective_replicas<B, O>(
+    problem: &Problem,
+    peers: usize,
+    device: &B::Device,
+    optimizer: impl Fn(usize) -> O + Sync,
+    lr: f64,
+    state_of: impl Fn(&O, &Regressor<B>) -> Vec<Vec<f64>> + Sync,
+) -> Vec<Run>
+where
+    B: AutodiffBackend,
+    O: Optimizer<Regressor<B>, B>,
+{
+    use burn::collective::{finish_collective, register, reset_collective, CollectiveConfig};
+    reset_collective::<B::InnerBackend>();
+    let config = CollectiveConfig::default().with_num_devices(peers);
+    let model = problem.model::<B>(11, device);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..peers)
+            .map(|peer| {
+                let (config, optimizer, state_of) = (config.clone(), &optimizer, &state_of);
+                // A replica of its own: fresh autodiff leaves with the same
+                // ids. Clones share their leaves, and Burn 0.21's autodiff
+                // can deadlock when threads run graphs on shared leaves.
+                let model = Regressor::<B>::from_inner(model.valid());
+                scope.spawn(move || {
+                    let id = PeerId(peer as u32);
+                    register::<B::InnerBackend>(id, device.clone(), config)
+                        .unwrap_or_else(|error| panic!("peer {peer} could not register: {error:?}"));
+                    let run = replica_run(problem, peer, model, optimizer(peer), lr, state_of);
+                    finish_collective::<B::InnerBackend>(id)
+                        .unwrap_or_else(|error| panic!("peer {peer} could not finish: {error:?}"));
+                    run
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|payload| std::panic::resume_unwind(payload))
+            })
+            .collect()
+    })
 }

@@ -169,6 +169,40 @@ pub struct WeightDecayConfig {
     pub style: WeightDecayStyle,
 }
 
+/// Root refreshes shared by the replicas of data-parallel training: on a
+/// root step each replica computes the roots of its share of the factors (an
+/// even share of the work, counted in FLOPs) and the replicas exchange them
+/// through burn-collective, so that a refresh costs each about `1 / peers`
+/// of the whole. The roots are the ones each replica would compute alone.
+///
+/// Every replica steps the same parameters with the same (all-reduced)
+/// gradients and registers with burn-collective before its first step (see
+/// docs/distributed.md). Needs the crate's `collective` feature.
+///
+/// ```
+/// use kradagrad_burn::{KradagradStarConfig, SharedRootsConfig};
+///
+/// // Replica 1 of 4.
+/// let config = KradagradStarConfig::new().with_shared_roots(Some(SharedRootsConfig::new(1, 4)));
+/// # #[cfg(feature = "collective")]
+/// assert!(config.validate().is_ok());
+/// // A peer outside 0..peers: the error names the field.
+/// let bad = KradagradStarConfig::new().with_shared_roots(Some(SharedRootsConfig::new(4, 4)));
+/// assert!(bad.validate().unwrap_err().to_string().contains("shared_roots"));
+/// ```
+#[derive(Config, Debug, Copy, PartialEq)]
+pub struct SharedRootsConfig {
+    /// This replica's burn-collective peer id, in `0..peers`.
+    pub peer: u32,
+    /// The number of replicas sharing the refreshes (every peer registered
+    /// with burn-collective, on all nodes).
+    pub peers: u32,
+    /// How long a refresh waits for the other replicas before it fails
+    /// (a replica that failed or left), in seconds. Default: `300`.
+    #[config(default = 300.0)]
+    pub timeout_secs: f64,
+}
+
 /// The settings every optimizer of this crate runs on, gathered from its
 /// config (the front ends' gradient clipping aside).
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +221,7 @@ pub(crate) struct Options {
     pub newton: NewtonSchedule,
     pub non_finite_gradients: NonFiniteGradients,
     pub inverse_exponent_override: Option<u32>,
+    pub shared_roots: Option<SharedRootsConfig>,
 }
 
 impl Options {
@@ -283,6 +318,30 @@ impl Options {
                 "must be at least 1 (None keeps -1/(2k)), got Some(0)".into(),
             );
         }
+        if let Some(shared) = self.shared_roots {
+            if shared.peers == 0 {
+                return fail("shared_roots.peers", "must be at least 1, got 0".into());
+            }
+            if shared.peer >= shared.peers {
+                return fail(
+                    "shared_roots.peer",
+                    format!("must lie in 0..{} (peers), got {}", shared.peers, shared.peer),
+                );
+            }
+            if !positive(shared.timeout_secs) {
+                return fail(
+                    "shared_roots.timeout_secs",
+                    format!("must be positive and finite, got {}", shared.timeout_secs),
+                );
+            }
+            if !cfg!(feature = "collective") {
+                return fail(
+                    "shared_roots",
+                    "needs kradagrad-burn's `collective` feature (burn-collective exchanges the roots)"
+                        .into(),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -362,6 +421,11 @@ macro_rules! optimizer_config {
             /// squared norm overflows. Default: skip it.
             #[config(default = "NonFiniteGradients::Skip")]
             pub non_finite_gradients: NonFiniteGradients,
+            /// Root refreshes shared by data-parallel replicas, each computing
+            /// a share (see [`SharedRootsConfig`]); `None` computes every
+            /// root. Default: `None`.
+            #[config(default = "None")]
+            pub shared_roots: Option<SharedRootsConfig>,
             $($(#[$fmeta])* pub $field: $ty,)*
         }
 
@@ -392,6 +456,7 @@ macro_rules! optimizer_config {
                     },
                     non_finite_gradients: self.non_finite_gradients,
                     inverse_exponent_override: $override,
+                    shared_roots: self.shared_roots,
                 }
             }
         }

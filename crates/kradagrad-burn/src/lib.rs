@@ -7,11 +7,12 @@ pub mod krad;
 pub mod layout;
 pub mod optim;
 pub mod roots;
+mod sharing;
 pub mod transforms;
 
 pub use config::{
     ConfigError, Grafting, KradagradConfig, KradagradStarConfig, MomentumConfig, MomentumForm,
-    NonFiniteGradients, ShampooConfig, WeightDecayConfig, WeightDecayStyle,
+    NonFiniteGradients, ShampooConfig, SharedRootsConfig, WeightDecayConfig, WeightDecayStyle,
 };
 pub use optim::{
     BatchedOptimizer, BatchedState, ClassState, FactorGroup, Kradagrad, KradagradStar, ParkedState,

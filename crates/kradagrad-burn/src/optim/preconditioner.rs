@@ -11,6 +11,7 @@ use super::FactorGroup;
 use crate::config::Options;
 use crate::layout::{flatten, mode_product, mode_product_as, stack, unstack};
 use crate::roots::{matrix_roots, RootSpec};
+use crate::sharing::shared_matrix_roots;
 
 /// Mutable access to the factors of one schedule class: the stacked factors
 /// of every parameter in it (one group per distinct block shape) and the
@@ -165,7 +166,10 @@ pub(crate) fn refresh_roots<B: Backend>(
             owners.push((r, members));
         }
     }
-    let roots = matrix_roots(inputs, options.root_method, options.newton);
+    let roots = match &options.shared_roots {
+        Some(shared) => shared_matrix_roots(inputs, options.root_method, options.newton, shared),
+        None => matrix_roots(inputs, options.root_method, options.newton),
+    };
     for ((r, members), roots) in owners.into_iter().zip(roots) {
         let groups = &mut *requests[r].0;
         let counts: Vec<_> = members
