@@ -727,8 +727,8 @@ where
 
 /// `peers` replicas of [`replica_run`] on `device`, one thread each, from
 /// one initial model (built before the threads: Burn's seed is global to a
-/// backend), as one burn-collective session (registered here, finished
-/// after; the session of the inner backend is reset first).
+/// backend), as one burn-collective group (registered here, finished
+/// after; the collective server of the inner backend is reset first).
 /// `optimizer(peer)` builds each replica's optimizer. Returns each
 /// replica's run, by peer.
 pub fn collective_replicas<B, O>(

@@ -4,7 +4,7 @@
 //! replicas that all-reduce their gradients train as one device does, and a
 //! replica that never joins a refresh ends the others with a clear error
 //! instead of a hang. The tests hold one lock: burn-collective keeps one
-//! session per backend type in a process.
+//! collective server per backend type in a process.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use kradagrad_burn_suite::parallel::{
 
 type AB = Autodiff<NdArray<f32>>;
 
-static SESSION: Mutex<()> = Mutex::new(());
+static COLLECTIVE: Mutex<()> = Mutex::new(());
 
 fn problem(shards: usize) -> Problem {
     Problem {
@@ -91,7 +91,7 @@ fn assert_bitwise(name: &str, with: &[Run], without: &[Run]) {
 
 #[test]
 fn shared_refreshes_give_every_replica_its_own_roots_bit_for_bit() {
-    let _session = SESSION.lock().unwrap_or_else(|p| p.into_inner());
+    let _collective = COLLECTIVE.lock().unwrap_or_else(|p| p.into_inner());
     let star = || {
         KradagradStarConfig::new()
             .with_block_size(Some(16))
@@ -128,7 +128,7 @@ fn shared_refreshes_give_every_replica_its_own_roots_bit_for_bit() {
 /// differ only in the order of float additions (measured: 1.3e-7).
 #[test]
 fn collective_replicas_with_shared_roots_train_as_one_device() {
-    let _session = SESSION.lock().unwrap_or_else(|p| p.into_inner());
+    let _collective = COLLECTIVE.lock().unwrap_or_else(|p| p.into_inner());
     let device = burn::backend::ndarray::NdArrayDevice::Cpu;
     let star = KradagradStarConfig::new()
         .with_block_size(Some(16))
@@ -172,7 +172,7 @@ fn collective_replicas_with_shared_roots_train_as_one_device() {
 fn a_replica_that_never_joins_fails_the_others_clearly() {
     use burn::collective::{register, reset_collective, CollectiveConfig, PeerId};
     type Inner = NdArray<f32>;
-    let _session = SESSION.lock().unwrap_or_else(|p| p.into_inner());
+    let _collective = COLLECTIVE.lock().unwrap_or_else(|p| p.into_inner());
     reset_collective::<Inner>();
     let device = Default::default();
     let config = CollectiveConfig::default().with_num_devices(2);
