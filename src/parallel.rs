@@ -671,12 +671,12 @@ pub fn all_reduce_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
 
 /// One replica of data-parallel training over burn-collective, as peer
 /// `peer` of `problem.shards`: it trains on its shard, sums the gradients
-/// (and the losses) over the peers every step, and steps its own copy of
-/// the model. The caller registers the peer with burn-collective first
+/// over the peers every step, and steps its own copy of the model; its
+/// losses are its shard's (a step's loss is their sum over the peers). The caller registers the peer with burn-collective first
 /// (the inner backend). Every replica ends with the same model.
 ///
 /// With `problem.shards == 1` every replica trains on the one shard and
-/// sums nothing: the replicas hold the same gradients bit for bit, as after
+/// sums no gradients: the replicas hold the same gradients bit for bit, as after
 /// an all-reduce, without the all-reduce's order of additions.
 pub fn replica_run<B, O>(
     problem: &Problem,
@@ -704,17 +704,10 @@ where
         let batch = batcher.batch(samples[start..start + problem.batch].to_vec(), &device);
         let (loss, _) = model.loss(&batch);
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        let mut loss = loss.inner();
         if problem.shards > 1 {
-            let total = all_reduce::<B::InnerBackend>(
-                PeerId(peer as u32),
-                loss.into_primitive().tensor(),
-                ReduceOperation::Sum,
-            )
-            .unwrap_or_else(|error| panic!("loss all-reduce failed: {error:?}"));
-            loss = Tensor::from_primitive(TensorPrimitive::Float(total));
             grads = all_reduce_gradients(grads, &model, peer);
         }
+        let loss = loss.inner();
         losses.push(scalar(loss));
         model = optimizer.step(lr, model, grads);
     }
@@ -766,12 +759,22 @@ where
                 })
             })
             .collect();
-        handles
+        let mut runs: Vec<Run> = handles
             .into_iter()
             .map(|h| {
                 h.join()
                     .unwrap_or_else(|payload| std::panic::resume_unwind(payload))
             })
-            .collect()
+            .collect();
+        // Each step's loss: the shards' losses added up.
+        if problem.shards > 1 {
+            let totals: Vec<f64> = (0..problem.steps)
+                .map(|k| runs.iter().map(|r| r.losses[k]).sum())
+                .collect();
+            for run in &mut runs {
+                run.losses = totals.clone();
+            }
+        }
+        runs
     })
 }
