@@ -514,7 +514,6 @@ pub fn multi_device_gaps<B: AutodiffBackend>(
 where
     B::Device: 'static,
 {
-    use burn::train::MultiDeviceOptim;
     use kradagrad_burn::{KradagradStarConfig, ShampooConfig};
     let star = KradagradStarConfig::new()
         .with_block_size(Some(16))
@@ -527,114 +526,81 @@ where
         .with_matrix_eps(1e-2)
         .with_block_size(Some(16))
         .with_preconditioning_compute_steps(2);
-    let one = std::slice::from_ref(&devices[0]);
     let mut gaps = vec![];
-    let mut compare = |what: String, reference: &Run, run: &Run| {
-        let mut g = reference.gaps(run);
-        if reference.state.is_empty() {
-            g[2] = f64::NAN;
-        }
-        gaps.push(Gap { what, gaps: g });
+    let mut front_end = |what: &str, gaps_of: Vec<Gap>| {
+        gaps.extend(gaps_of.into_iter().map(|g| Gap {
+            what: format!("{what}, {}", g.what),
+            ..g
+        }));
     };
-    macro_rules! every_loop {
-        ($name:expr, $config:expr, $lr:expr) => {{
-            let config = $config;
-            let lr = $lr;
-            // The per-parameter front end.
-            let reference = plain_run(
-                problem,
-                one,
-                Gather::MainDevice,
-                config.init::<B, Regressor<B>>(),
-                lr,
-                adaptor_state,
-            );
-            for gather in [Gather::MainDevice, Gather::Sharded] {
-                let run = plain_run(
-                    problem,
-                    devices,
-                    gather,
-                    config.init::<B, Regressor<B>>(),
-                    lr,
-                    adaptor_state,
-                );
-                compare(
-                    format!("{} per-parameter, plain loop, {gather:?}", $name),
-                    &reference,
-                    &run,
-                );
-            }
-            let reference_learner = learner_run(
-                problem,
-                ExecutionStrategy::SingleDevice(devices[0].clone()),
-                config.init::<B, Regressor<B>>(),
-                lr,
-                &directory.join("single"),
-            );
-            compare(
-                format!("{} per-parameter, Learner single vs plain loop", $name),
-                &Run {
-                    state: vec![],
-                    ..reference.clone()
-                },
-                &reference_learner,
-            );
-            for optim in [MultiDeviceOptim::OptimMainDevice, MultiDeviceOptim::OptimSharded] {
-                let run = learner_run(
-                    problem,
-                    ExecutionStrategy::MultiDevice(devices.to_vec(), optim),
-                    config.init::<B, Regressor<B>>(),
-                    lr,
-                    &directory.join("multi"),
-                );
-                compare(
-                    format!("{} per-parameter, Learner, {optim:?}", $name),
-                    &reference_learner,
-                    &run,
-                );
-            }
-            // The whole-model front end.
-            let reference = plain_run(
-                problem,
-                one,
-                Gather::MainDevice,
-                config.init_batched::<B, Regressor<B>>(),
-                lr,
-                batched_state,
-            );
-            for gather in [Gather::MainDevice, Gather::Sharded] {
-                let run = plain_run(
-                    problem,
-                    devices,
-                    gather,
-                    config.init_batched::<B, Regressor<B>>(),
-                    lr,
-                    batched_state,
-                );
-                compare(
-                    format!("{} batched, plain loop, {gather:?}", $name),
-                    &reference,
-                    &run,
-                );
-            }
-            for optim in [MultiDeviceOptim::OptimMainDevice, MultiDeviceOptim::OptimSharded] {
-                let run = learner_run(
-                    problem,
-                    ExecutionStrategy::MultiDevice(devices.to_vec(), optim),
-                    config.init_batched::<B, Regressor<B>>(),
-                    lr,
-                    &directory.join("multi"),
-                );
-                compare(
-                    format!("{} batched, Learner, {optim:?}", $name),
-                    &reference_learner,
-                    &run,
-                );
-            }
-        }};
+    let (init, batched) = (adaptor_state::<B, Regressor<B>>, batched_state::<B, Regressor<B>>);
+    front_end(
+        "KrADagrad* per-parameter",
+        front_end_gaps(problem, devices, directory, || star.init(), init),
+    );
+    front_end(
+        "KrADagrad* batched",
+        front_end_gaps(problem, devices, directory, || star.init_batched(), batched),
+    );
+    front_end(
+        "Shampoo per-parameter",
+        front_end_gaps(problem, devices, directory, || shampoo.init(), init),
+    );
+    front_end(
+        "Shampoo batched",
+        front_end_gaps(problem, devices, directory, || shampoo.init_batched(), batched),
+    );
+    gaps
+}
+
+/// One optimizer through one front end, at lr 0.05: plain loops on
+/// `devices` gathering both ways against a plain loop on the first device,
+/// a single-device `Learner` against that loop, and `Learner`s on `devices`
+/// under both `MultiDeviceOptim` modes against the single-device one.
+fn front_end_gaps<B, O>(
+    problem: &Problem,
+    devices: &[B::Device],
+    directory: &Path,
+    optimizer: impl Fn() -> O,
+    state_of: impl Fn(&O, &Regressor<B>) -> Vec<Vec<f64>> + Copy,
+) -> Vec<Gap>
+where
+    B: AutodiffBackend,
+    O: Optimizer<Regressor<B>, B> + 'static,
+{
+    use burn::train::MultiDeviceOptim;
+    let lr = 0.05;
+    // The state gap is `NaN` where the reference's state was not read.
+    let gap = |what: String, reference: &Run, run: &Run| {
+        let mut gaps = reference.gaps(run);
+        if reference.state.is_empty() {
+            gaps[2] = f64::NAN;
+        }
+        Gap { what, gaps }
+    };
+    let one = std::slice::from_ref(&devices[0]);
+    let reference = plain_run(problem, one, Gather::MainDevice, optimizer(), lr, state_of);
+    let mut gaps = vec![];
+    for gather in [Gather::MainDevice, Gather::Sharded] {
+        let run = plain_run(problem, devices, gather, optimizer(), lr, state_of);
+        gaps.push(gap(format!("plain loop, {gather:?}"), &reference, &run));
     }
-    every_loop!("KrADagrad*", star, 0.05);
-    every_loop!("Shampoo", shampoo, 0.05);
+    let single = ExecutionStrategy::SingleDevice(devices[0].clone());
+    let reference_learner = learner_run(problem, single, optimizer(), lr, &directory.join("single"));
+    let plain = Run {
+        state: vec![],
+        ..reference
+    };
+    gaps.push(gap(
+        "Learner single vs plain loop".into(),
+        &plain,
+        &reference_learner,
+    ));
+    for optim in [MultiDeviceOptim::OptimMainDevice, MultiDeviceOptim::OptimSharded] {
+        let strategy = ExecutionStrategy::MultiDevice(devices.to_vec(), optim);
+        let run = learner_run(problem, strategy, optimizer(), lr, &directory.join("multi"));
+        gaps.push(gap(format!("Learner, {optim:?}"), &reference_learner, &run));
+    }
     gaps
 }
 
