@@ -673,8 +673,7 @@ where
         if problem.shards > 1 {
             grads = all_reduce_gradients(grads, &model, peer);
         }
-        let loss = loss.inner();
-        losses.push(scalar(loss));
+        losses.push(scalar(loss.inner()));
         model = optimizer.step(lr, model, grads);
     }
     Run {
@@ -689,7 +688,8 @@ where
 /// backend), as one burn-collective group (registered here, finished
 /// after; the collective server of the inner backend is reset first).
 /// `optimizer(peer)` builds each replica's optimizer. Returns each
-/// replica's run, by peer.
+/// replica's run, by peer, with the per-step losses of the whole batch
+/// (the shards' losses added up).
 pub fn collective_replicas<B, O>(
     problem: &Problem,
     peers: usize,
